@@ -1,0 +1,1 @@
+"""lotterylab: lottery-ticket and pruning experiments on Ray."""

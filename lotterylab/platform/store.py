@@ -1,0 +1,167 @@
+"""The experiment store: one folder per experiment on any fsspec URI.
+
+Layout under ``<root>/<experiment>/``::
+
+    spec.yaml                 the spec as given
+    spec.resolved.json        the validated spec with every default filled in
+    tables/<table>/<lineage>/<part>.parquet   result rows (see ``tables.py``)
+    lineages/<lineage>/...    per-lineage artifacts (masks, weights), each with a sidecar
+                              ``<artifact>.sha256`` written after the artifact itself
+    figures/                  PNG figures and ``summary.md``
+    <Ray Tune's experiment state and trial folders>
+
+Writes are atomic: temp file + rename on local disks, a single PUT on object stores. An
+artifact without its sidecar was not finished and is never read back as complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import posixpath
+import uuid
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from fsspec.implementations.local import LocalFileSystem
+
+from lotterylab.platform.tables import rows_to_table
+
+
+class StoreError(RuntimeError):
+    """An artifact is missing, unfinished or corrupt."""
+
+
+def normalise_uri(uri: str) -> str:
+    """Absolute local paths for bare paths; URIs with a scheme are kept as given."""
+    if "://" in uri:
+        return uri.rstrip("/")
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+class ExperimentStore:
+    """Reads and writes one experiment's folder."""
+
+    def __init__(self, uri: str, storage_options: dict[str, Any] | None = None):
+        self.uri = normalise_uri(uri)
+        self.fs, self.root = fsspec.core.url_to_fs(self.uri, **(storage_options or {}))
+        self.root = self.root.rstrip("/")
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.root)
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def url(self, *parts: str) -> str:
+        """A full URI for the given relative path (what a user would pass back to the CLI)."""
+        if self.is_local:
+            return self.path(*parts)
+        return self.uri + ("/" + "/".join(parts) if parts else "")
+
+    # -- bytes ---------------------------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        target = self.path(rel)
+        if self.is_local:
+            directory = posixpath.dirname(target)
+            os.makedirs(directory, exist_ok=True)
+            # a dot-prefixed temp name is ignored by pyarrow datasets and by listings
+            tmp = posixpath.join(directory, f".{posixpath.basename(target)}.{uuid.uuid4().hex}.tmp")
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        else:
+            self.fs.pipe_file(target, data)  # one PUT: the object appears whole or not at all
+
+    def read_bytes(self, rel: str) -> bytes:
+        target = self.path(rel)
+        try:
+            return self.fs.cat_file(target)
+        except FileNotFoundError as exc:
+            raise StoreError(f"missing file {self.url(rel)}") from exc
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.path(rel))
+
+    def list(self, rel: str) -> list[str]:
+        """Names directly under a folder (empty when the folder does not exist)."""
+        try:
+            entries = self.fs.ls(self.path(rel), detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
+
+    # -- verified artifacts --------------------------------------------------------------
+    def write_artifact(self, rel: str, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        self.write_bytes(rel, data)
+        self.write_bytes(rel + ".sha256", digest.encode())
+        return digest
+
+    def read_artifact(self, rel: str) -> bytes:
+        if not self.exists(rel + ".sha256"):
+            raise StoreError(
+                f"artifact {self.url(rel)} has no checksum file: it was never finished "
+                "(the writer died) or does not exist"
+            )
+        expected = self.read_bytes(rel + ".sha256").decode().strip()
+        data = self.read_bytes(rel)
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected:
+            raise StoreError(
+                f"artifact {self.url(rel)} is corrupt: sha256 {actual} != recorded {expected}"
+            )
+        return data
+
+    def write_tensors(self, rel: str, tensors: dict[str, torch.Tensor]) -> str:
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, buffer)
+        return self.write_artifact(rel, buffer.getvalue())
+
+    def read_tensors(self, rel: str) -> dict[str, torch.Tensor]:
+        data = self.read_artifact(rel)
+        return torch.load(io.BytesIO(data), weights_only=True)
+
+    def write_json(self, rel: str, obj: Any) -> str:
+        return self.write_artifact(rel, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.read_artifact(rel))
+
+    # -- tables --------------------------------------------------------------------------
+    def write_rows(self, table: str, lineage_id: str, part: str, rows: list[dict]) -> str:
+        """Write one Parquet part file; the same (lineage, part) overwrites itself."""
+        arrow = rows_to_table(table, rows)
+        buffer = io.BytesIO()
+        pq.write_table(arrow, buffer)
+        rel = posixpath.join("tables", table, lineage_id, f"{part}.parquet")
+        self.write_bytes(rel, buffer.getvalue())
+        return rel
+
+    def read_table(self, table: str) -> pa.Table:
+        """All finished part files of a table (temp files are skipped by their dot prefix)."""
+        import pyarrow.dataset as ds
+
+        from lotterylab.platform.tables import SCHEMAS
+
+        folder = self.path("tables", table)
+        if not self.fs.exists(folder):
+            return SCHEMAS[table].empty_table()
+        files = sorted(
+            f
+            for f in self.fs.find(folder)
+            if f.endswith(".parquet") and not posixpath.basename(f).startswith((".", "_"))
+        )
+        if not files:
+            return SCHEMAS[table].empty_table()
+        dataset = ds.dataset(files, schema=SCHEMAS[table], format="parquet", filesystem=self.fs)
+        return dataset.to_table()

@@ -1,0 +1,98 @@
+"""Shared fixtures: small specs and a real S3-compatible server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+
+import pytest
+import yaml
+
+TINY_SPEC = {
+    "name": "tiny",
+    "kind": "imp",
+    "seeds": [0, 1],
+    "datasets": [
+        {
+            "name": "nlgp",
+            "type": "nlgp",
+            "grid": 8,
+            "channels": 1,
+            "xi": [1.0, 3.0],
+            "gain": 3.0,
+            "n_train": 400,
+            "n_test": 200,
+            "seed": 0,
+        },
+        {"name": "nlgp_clone", "type": "gaussian_clone", "of": "nlgp", "seed": 1},
+    ],
+    "model": {"name": "fcn", "hidden": [32, 16], "batch_norm": True, "init": "glorot_normal"},
+    "training": {"lr": 0.1, "batch_size": 50, "steps": 60, "rewind_step": 5},
+    "imp": {"rounds": 3, "fraction": 0.4, "scope": "layer", "baselines": ["oneshot", "random"]},
+    "resources": {"cpu": 1, "gpu": 0},
+    "run": {"max_failures": 0},
+}
+
+
+@pytest.fixture
+def tiny_spec_dict() -> dict:
+    return copy.deepcopy(TINY_SPEC)
+
+
+@pytest.fixture
+def write_spec(tmp_path):
+    def write(data: dict, name: str = "spec.yaml") -> str:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return str(path)
+
+    return write
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server in a thread on 127.0.0.1; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {
+        k: os.environ.get(k)
+        for k in (
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_DEFAULT_REGION",
+            "AWS_ENDPOINT_URL",
+        )
+    }
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=endpoint,
+    )
+    yield endpoint
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    import boto3
+
+    name = "lotterylab-" + request.node.name.lower().replace("_", "-")[:40]
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return name

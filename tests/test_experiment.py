@@ -1,0 +1,168 @@
+"""Experiments end to end through real Ray Tune: rows, figures, storage, kill and resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from lotterylab.cli import main
+from lotterylab.cluster.launch import ExperimentError, run_experiment
+from lotterylab.platform import masks as mk
+from lotterylab.platform.data.registry import build_dataset
+from lotterylab.platform.imp import IMPLineage, LineageConfig
+from lotterylab.platform.spec import parse_spec
+from lotterylab.platform.store import ExperimentStore
+
+METHODS = ("imp", "oneshot", "random")
+
+
+def check_complete(store: ExperimentStore, spec) -> list[dict]:
+    rows = store.read_table("rounds").to_pylist()
+    expected = {
+        (d.name, seed, n, method)
+        for d in spec.datasets
+        for seed in spec.seeds
+        for n in range(spec.imp.rounds + 1)
+        for method in METHODS
+    }
+    assert {(r["dataset"], r["seed"], r["round"], r["method"]) for r in rows} == expected
+    assert len(rows) == len(expected)
+    return rows
+
+
+def test_tiny_experiment_through_tune(tiny_spec_dict, tmp_path):
+    spec = parse_spec(tiny_spec_dict)
+    outcome = run_experiment(spec, "name: tiny\n", str(tmp_path / "results"))
+    assert outcome.trials == 4 and outcome.errored_trials == []
+    store = ExperimentStore(str(tmp_path / "results" / "tiny"))
+    assert outcome.uri == store.uri
+    rows = check_complete(store, spec)
+    last = [r for r in rows if r["round"] == 3]
+    # the first layer loses 40 % of its alive weights per round: 64*32 → 1229 → 737 → 442 kept
+    assert {round(r["sparsity_first_layer"], 6) for r in last} == {round(1 - 442 / 2048, 6)}
+    assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in rows)
+    assert all(r["rf_width_median"] > 0 for r in last)
+    assert store.read_bytes("spec.yaml") == b"name: tiny\n"
+    assert store.read_json("spec.resolved.json")["imp"]["fraction"] == 0.4
+    for name in ("rf_width_vs_sparsity.png", "accuracy_vs_sparsity.png", "first_layer_masks.png"):
+        assert store.read_bytes(f"figures/{name}")[:4] == b"\x89PNG"
+    assert "| imp |" in store.read_bytes("figures/summary.md").decode()
+    # Tune's own state sits in the same folder, one trial folder per lineage
+    trial_dirs = [n for n in store.list("") if n.startswith("trial-imp-fcn-")]
+    assert len(trial_dirs) == 4
+    # running the same experiment again is refused with a pointer to resume
+    with pytest.raises(ExperimentError, match="already exists.*lotterylab resume"):
+        run_experiment(spec, "name: tiny\n", str(tmp_path / "results"))
+    # figures can be redrawn from the store alone
+    assert main(["figures", store.uri]) == 0
+
+
+def test_experiment_on_s3(tiny_spec_dict, s3_bucket):
+    tiny_spec_dict.update(seeds=[0], datasets=tiny_spec_dict["datasets"][:1])
+    tiny_spec_dict["imp"]["rounds"] = 1
+    spec = parse_spec(tiny_spec_dict)
+    outcome = run_experiment(spec, "name: tiny\n", f"s3://{s3_bucket}/runs")
+    assert outcome.errored_trials == []
+    store = ExperimentStore(f"s3://{s3_bucket}/runs/tiny")
+    check_complete(store, spec)
+    assert store.exists("figures/summary.md")
+    assert any(n.startswith("experiment_state") for n in store.list(""))
+
+
+def _reference(spec, dataset, seed):
+    """The uninterrupted lineage, computed in this process without Ray."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        import tempfile
+
+        store = ExperimentStore(tempfile.mkdtemp())
+        lineage = IMPLineage(
+            LineageConfig("ref", dataset, seed, spec), build_dataset(spec, dataset), store
+        )
+        while not lineage.done:
+            lineage.run_round()
+        return lineage, store
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _comparable(rows):
+    keep = [k for k in rows[0] if k not in ("wall_time_s", "experiment")]
+    return sorted((tuple((k, r[k]) for k in keep) for r in rows), key=repr)
+
+
+def test_killed_driver_resumes_to_the_uninterrupted_result(tiny_spec_dict, tmp_path, write_spec):
+    from ray.cluster_utils import Cluster
+
+    tiny_spec_dict.update(name="killme", seeds=[0, 1], datasets=tiny_spec_dict["datasets"][:1])
+    tiny_spec_dict["training"].update(steps=400, rewind_step=10)
+    tiny_spec_dict["imp"]["rounds"] = 5
+    spec = parse_spec(tiny_spec_dict)
+    spec_path = write_spec(tiny_spec_dict)
+    root = tmp_path / "results"
+    store = ExperimentStore(str(root / "killme"))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    try:
+        driver = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lotterylab.cli",
+                "run",
+                spec_path,
+                "--storage",
+                str(root),
+                "--address",
+                cluster.address,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            rounds = {r["round"] for r in store.read_table("rounds").to_pylist()}
+            if 2 in rounds:
+                break
+            assert driver.poll() is None, driver.stderr.read().decode()
+            time.sleep(0.2)
+        else:
+            pytest.fail("no lineage reached round 2 within 120 s")
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        rows_at_kill = store.read_table("rounds").to_pylist()
+        assert max(r["round"] for r in rows_at_kill) < spec.imp.rounds, "killed too late"
+
+        resumed = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lotterylab.cli",
+                "resume",
+                store.uri,
+                "--address",
+                cluster.address,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+    finally:
+        cluster.shutdown()
+
+    rows = check_complete(store, spec)
+    for seed in spec.seeds:
+        lineage, ref_store = _reference(spec, "nlgp", seed)
+        for method in METHODS:
+            rel = f"lineages/{lineage.id}/masks/{method}.pt"
+            got, want = store.read_tensors(rel), ref_store.read_tensors(rel)
+            assert all(torch.equal(got[k], want[k]) for k in want), (seed, method)
+            final = mk.masks_after_round(got, spec.imp.rounds - 1)
+            assert mk.alive_counts(final)["layers.0.weight"] < 64 * 32
+        mine = [r for r in rows if r["seed"] == seed]
+        assert _comparable(mine) == _comparable(ref_store.read_table("rounds").to_pylist())
