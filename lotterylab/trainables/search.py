@@ -12,8 +12,6 @@ from lotterylab.platform.spec import ExperimentSpec
 from lotterylab.platform.store import normalise_uri
 from lotterylab.trainables.imp_lineage import IMPLineageTrainable
 
-METRIC_COLUMNS = ["imp_round", "sparsity_first_layer", "test_accuracy", "rf_width_median"]
-
 
 def tune_storage(uri: str) -> tuple[str, pyarrow.fs.FileSystem | None]:
     """Tune's ``storage_path`` and ``storage_filesystem`` for any fsspec URI."""
@@ -50,12 +48,7 @@ def _run_config(spec: ExperimentSpec, storage_root: str) -> tune.RunConfig:
         storage_filesystem=filesystem,
         failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
         checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=2),
-        progress_reporter=tune.CLIReporter(
-            metric_columns=METRIC_COLUMNS,
-            parameter_columns=["dataset", "seed"],
-            max_report_frequency=15,
-        ),
-        verbose=1,
+        verbose=1,  # Tune's console table: status and the metrics each round reports
     )
 
 
