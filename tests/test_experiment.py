@@ -1,5 +1,6 @@
 """Experiments end to end through real Ray Tune: rows, figures, storage, kill and resume."""
 
+import glob
 import os
 import signal
 import subprocess
@@ -136,6 +137,10 @@ def test_killed_driver_resumes_to_the_uninterrupted_result(tiny_spec_dict, tmp_p
         driver.wait()
         rows_at_kill = store.read_table("rounds").to_pylist()
         assert max(r["round"] for r in rows_at_kill) < spec.imp.rounds, "killed too late"
+        round0_parts = {
+            path: os.stat(path).st_mtime_ns
+            for path in glob.glob(store.path("tables", "rounds", "*", "round-0000-imp.parquet"))
+        }
 
         resumed = subprocess.run(
             [
@@ -156,6 +161,8 @@ def test_killed_driver_resumes_to_the_uninterrupted_result(tiny_spec_dict, tmp_p
         cluster.shutdown()
 
     rows = check_complete(store, spec)
+    # resumed from checkpoints, not restarted: some lineage did not redo its round 0
+    assert any(os.stat(path).st_mtime_ns == mtime for path, mtime in round0_parts.items())
     for seed in spec.seeds:
         lineage, ref_store = _reference(spec, "nlgp", seed)
         for method in METHODS:

@@ -160,3 +160,20 @@ def test_checkpoint_of_another_lineage_is_refused(tiny_spec_dict, tmp_path):
     b, _ = make_lineage(tiny_spec_dict, tmp_path, seed=1)
     with pytest.raises(ValueError, match="belongs to lineage"):
         b.load_state_dict(a.state_dict())
+
+
+def test_biases_and_output_layer_can_be_pruned(tiny_spec_dict, tmp_path):
+    tiny_spec_dict["imp"].update(prune_biases=True, prune_output=True, rounds=2, scope="global")
+    lineage, store = make_lineage(tiny_spec_dict, tmp_path)
+    run_all(lineage)
+    rr = store.read_tensors(f"lineages/{lineage.id}/masks/imp.pt")
+    assert set(rr) == {f"layers.{i}.{k}" for i in range(3) for k in ("weight", "bias")}
+    total = sum(t.numel() for t in rr.values())
+    alive = sum(int(m.sum()) for m in mk.masks_after_round(rr, 1).values())
+    after_one = total - round(0.4 * total)
+    assert alive == after_one - round(0.4 * after_one)
+    # the pruned biases are zero in the rewound, masked network
+    model = lineage._rewound_model(mk.masks_after_round(rr, 1))
+    for i, layer in enumerate(model.layers):
+        pruned = ~mk.mask_after_round(rr[f"layers.{i}.bias"], 1)
+        assert bool((layer.bias.detach()[pruned] == 0).all())
