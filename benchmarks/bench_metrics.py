@@ -1,0 +1,357 @@
+"""Benchmark of the receptive-field metrics and of the masked FCN training step.
+
+Each fast path is timed against a plain reference in the same run, so the ratios hold on a
+shared, noisy machine even when the absolute times do not:
+
+* ``mask_autocorrelation`` (FFT) against the direct definition S(d) = sum_z m_z m_{z-d},
+  one tensor slice per offset d; the two must agree exactly before either is timed;
+* ``rf_width`` (batched Levenberg-Marquardt) against ``scipy.optimize.curve_fit`` unit by unit,
+  on a subsample of units, compared per unit;
+* one SGD step of the masked ``FCN`` against the same step of a plain ``nn.Sequential``.
+
+Times are best-of-N and median-of-N wall-clock seconds; ratios use the best times, the ones
+least disturbed by other processes. ``rf_width`` and the training step run on one thread: on a
+shared machine a second torch thread mostly waits for a core, which swamps what is measured.
+Run from the repository root:
+
+    .venv/bin/python benchmarks/bench_metrics.py [--quick] [--out benchmarks/results/metrics.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import curve_fit
+from torch import nn
+
+from lotterylab.platform.metrics import (
+    SIGMA_MAX_PER_PIXEL,
+    SIGMA_MIN,
+    mask_autocorrelation,
+    rf_width,
+)
+from lotterylab.platform.models import FCN, apply_masks, prunable_names
+
+BATCH = 100
+CLASSES = 10
+FCN_DENSITY = 0.2  # fraction of weights kept by the training-step masks
+RF_REFERENCE_UNITS = 32
+
+
+def timings(fn: Callable[[], object], repeats: int, warm_up: bool = True) -> dict[str, float]:
+    """Best and median of ``repeats`` timed calls, after one untimed call unless already warm."""
+    if warm_up:
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"best_s": min(times), "median_s": statistics.median(times), "repeats": repeats}
+
+
+def with_threads(n: int, fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` run with torch limited to ``n`` intra-op threads, restored afterwards."""
+
+    def run() -> object:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(previous)
+
+    return run
+
+
+def blob_masks(units: int, image_shape: tuple[int, int, int], seed: int) -> torch.Tensor:
+    """First-layer masks shaped like pruned receptive fields, so the widths are meaningful.
+
+    Each unit keeps input (c, y, x) with probability exp(-(x-cx)^2/2sx^2 - (y-cy)^2/2sy^2),
+    centre uniform over the image and widths uniform in [1.5, Np/4].
+    """
+    c, ny, nx = image_shape
+    g = torch.Generator().manual_seed(seed)
+    centre = torch.rand(units, 2, generator=g) * torch.tensor([ny - 1.0, nx - 1.0])
+    width = 1.5 + torch.rand(units, 2, generator=g) * (torch.tensor([ny, nx]) / 4 - 1.5)
+    y = torch.arange(ny, dtype=torch.float32)[None, :, None]
+    x = torch.arange(nx, dtype=torch.float32)[None, None, :]
+    p = torch.exp(
+        -0.5 * ((y - centre[:, 0, None, None]) / width[:, 0, None, None]).square()
+        - 0.5 * ((x - centre[:, 1, None, None]) / width[:, 1, None, None]).square()
+    )
+    keep = torch.rand(units, c, ny, nx, generator=g) < p[:, None]
+    return keep.reshape(units, c * ny * nx)
+
+
+def reference_autocorrelation(
+    mask: torch.Tensor, image_shape: tuple[int, int, int], channels: str = "same"
+) -> torch.Tensor:
+    """S(d) = sum_z m_z m_{z-d} straight from the definition, one slice pair per offset d.
+
+    Slow but plainly right: the yardstick the FFT version must match exactly.
+    """
+    c, ny, nx = image_shape
+    m = mask.ne(0).to(torch.float32).reshape(-1, c, ny, nx)
+    kept = m.sum(dim=(1, 2, 3), dtype=torch.float64)
+    if channels == "all":  # sum_{c,c'} m_c(z) m_c'(z-d) = M(z) M(z-d) with M = sum_c m_c
+        m = m.sum(dim=1, keepdim=True)
+    s = torch.empty(len(m), 2 * ny - 1, 2 * nx - 1, dtype=torch.float64)
+    for dy in range(1 - ny, ny):
+        for dx in range(1 - nx, nx):
+            # z runs over the pixels where both z and z - d lie inside the image
+            z = m[:, :, max(dy, 0) : ny + min(dy, 0), max(dx, 0) : nx + min(dx, 0)]
+            z_minus_d = m[:, :, max(-dy, 0) : ny + min(-dy, 0), max(-dx, 0) : nx + min(-dx, 0)]
+            s[:, dy + ny - 1, dx + nx - 1] = (z * z_minus_d).sum(dim=(1, 2, 3))
+    s[:, ny - 1, nx - 1] -= kept
+    return s
+
+
+def _gaussian(d: np.ndarray, a: float, sx: float, sy: float) -> np.ndarray:
+    return a * np.exp(-0.5 * (d[0] / sx) ** 2 - 0.5 * (d[1] / sy) ** 2)
+
+
+def reference_rf_width(mask: torch.Tensor, image_shape: tuple[int, int, int]) -> np.ndarray:
+    """(units, 2) sigmas from ``scipy.optimize.curve_fit``, one unit at a time.
+
+    The same problem as ``rf_width`` (same S, d = 0 left out, same start and bounds) solved by
+    a general-purpose fitter, to check the batched fit's answers and price its speed.
+    """
+    _, ny, nx = image_shape
+    s = mask_autocorrelation(mask, image_shape).numpy()
+    dy, dx = np.meshgrid(np.arange(1 - ny, ny), np.arange(1 - nx, nx), indexing="ij")
+    off_centre = (dx != 0) | (dy != 0)
+    d = np.stack([dx[off_centre], dy[off_centre]]).astype(np.float64)
+    lower = [-np.inf, SIGMA_MIN, SIGMA_MIN]
+    upper = [np.inf, SIGMA_MAX_PER_PIXEL * nx, SIGMA_MAX_PER_PIXEL * ny]
+    sigmas = []
+    for unit in s:
+        target = unit[off_centre]
+        start = np.clip(np.sqrt((target * d**2).sum(axis=1) / target.sum()), lower[1:], upper[1:])
+        params, _ = curve_fit(
+            _gaussian, d, target, p0=[target.max(), *start], bounds=(lower, upper)
+        )
+        sigmas.append(params[1:])
+    return np.array(sigmas)
+
+
+def bench_autocorrelation(
+    units: int,
+    image_shape: tuple[int, int, int],
+    reference_units: int,
+    repeats: int,
+    reference_repeats: int,
+    threads: int,
+) -> dict:
+    """FFT at 1 and default threads against the direct definition on ``reference_units`` units.
+
+    The reference's cost is linear in the number of units, so it runs on the first few units
+    (the exactness check being its warm-up) and is compared per unit.
+    """
+    mask = blob_masks(units, image_shape, seed=0)
+    head = mask[:reference_units]
+    for channels in ("same", "all"):
+        fast = mask_autocorrelation(head, image_shape, channels)
+        if not torch.equal(fast, reference_autocorrelation(head, image_shape, channels)):
+            raise AssertionError(f"FFT and direct S(d) differ for {image_shape}, {channels}")
+    fft_1 = timings(with_threads(1, lambda: mask_autocorrelation(mask, image_shape)), repeats)
+    fft_n = timings(with_threads(threads, lambda: mask_autocorrelation(mask, image_shape)), repeats)
+    reference = timings(
+        lambda: reference_autocorrelation(head, image_shape), reference_repeats, warm_up=False
+    )
+    reference_per_unit = reference["best_s"] / reference_units
+    return {
+        "units": units,
+        "image_shape": list(image_shape),
+        "exact_match_same_and_all": True,
+        "fft_1_thread": fft_1,
+        "fft_default_threads": fft_n,
+        "reference_units": reference_units,
+        "reference_default_threads": reference,
+        "reference_per_unit_s": reference_per_unit,
+        "speedup_1_thread": reference_per_unit * units / fft_1["best_s"],
+        "speedup_default_threads": reference_per_unit * units / fft_n["best_s"],
+        "thread_scaling": fft_1["best_s"] / fft_n["best_s"],
+    }
+
+
+def bench_rf_width(units: int, image_shape: tuple[int, int, int], repeats: int) -> dict:
+    """Batched fit for the whole layer against curve_fit on a subsample, per unit.
+
+    curve_fit solves one small problem at a time and gets nothing from extra threads, so the
+    batched fit runs on 1 thread too: like for like, and steady on a loaded machine.
+    """
+    mask = blob_masks(units, image_shape, seed=0)
+    sigma_x, sigma_y = rf_width(mask, image_shape)
+    sigma = torch.stack([sigma_x, sigma_y], dim=1).numpy()
+    measured = np.flatnonzero(np.isfinite(sigma).all(axis=1))
+    picked = measured[np.linspace(0, len(measured) - 1, RF_REFERENCE_UNITS).astype(int)]
+    sub = mask[torch.from_numpy(picked)]
+    reference_sigma = reference_rf_width(sub, image_shape)
+    batched = timings(with_threads(1, lambda: rf_width(mask, image_shape)), repeats)
+    reference = timings(lambda: reference_rf_width(sub, image_shape), 2, warm_up=False)
+    reference_per_unit = reference["best_s"] / len(picked)
+    relative = np.abs(sigma[picked] - reference_sigma) / reference_sigma
+    return {
+        "units": units,
+        "image_shape": list(image_shape),
+        "measured_units": int(len(measured)),
+        "median_sigma_px": float(np.median(sigma[measured])),
+        "batched_1_thread": batched,
+        "batched_per_unit_s": batched["best_s"] / units,
+        "reference_units": int(len(picked)),
+        "reference_curve_fit": reference,
+        "reference_per_unit_s": reference_per_unit,
+        "speedup_per_unit": reference_per_unit * units / batched["best_s"],
+        "max_relative_sigma_difference": float(relative.max()),
+    }
+
+
+def plain_sequential(input_dim: int, hidden: list[int]) -> nn.Sequential:
+    """The FCN's layers (batch norm -> linear -> ReLU ..., linear) with no masks."""
+    dims = [input_dim, *hidden, CLASSES]
+    layers: list[nn.Module] = []
+    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+        layers += [nn.BatchNorm1d(d_in), nn.Linear(d_in, d_out)]
+        if i < len(dims) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def bench_training_step(input_dim: int, hidden: list[int], steps: int, repeats: int) -> dict:
+    """Steps/s of masked FCN and plain Sequential SGD, timed alternately so noise hits both.
+
+    One thread, as a lineage worker with one CPU runs it; on a shared machine a second
+    thread mostly waits for a core.
+    """
+    torch.manual_seed(0)
+    masked = FCN(input_dim, hidden, CLASSES)
+    g = torch.Generator().manual_seed(0)
+    params = dict(masked.named_parameters())
+    apply_masks(
+        masked,
+        {
+            name: torch.rand(params[name].shape, generator=g) < FCN_DENSITY
+            for name in prunable_names(masked, prune_biases=False, prune_output=False)
+        },
+    )
+    plain = plain_sequential(input_dim, hidden)
+    x = torch.randn(steps, BATCH, input_dim, generator=g)
+    y = torch.randint(CLASSES, (steps, BATCH), generator=g)
+
+    def run_steps(model: nn.Module) -> Callable[[], None]:
+        optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+        model.train()
+
+        def run() -> None:
+            for xb, yb in zip(x, y, strict=True):
+                optimiser.zero_grad(set_to_none=True)
+                F.cross_entropy(model(xb), yb).backward()
+                optimiser.step()
+
+        return run
+
+    models = {"masked_fcn": run_steps(masked), "plain_sequential": run_steps(plain)}
+    times: dict[str, list[float]] = {name: [] for name in models}
+
+    def measure() -> None:
+        for run in models.values():
+            run()  # warm-up
+        for _ in range(repeats):
+            for name, run in models.items():
+                start = time.perf_counter()
+                run()
+                times[name].append((time.perf_counter() - start) / steps)
+
+    with_threads(1, measure)()
+    result = {
+        "input_dim": input_dim,
+        "hidden": hidden,
+        "batch": BATCH,
+        "threads": 1,
+        "steps_per_repeat": steps,
+    }
+    for name, t in times.items():
+        result[name] = {
+            "best_steps_per_s": 1 / min(t),
+            "median_steps_per_s": 1 / statistics.median(t),
+            "repeats": repeats,
+        }
+    result["masking_overhead"] = min(times["masked_fcn"]) / min(times["plain_sequential"])
+    return result
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def environment(threads: int) -> dict:
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "torch_default_threads": threads,
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "cpu_model": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "load_average_at_start": list(os.getloadavg()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/metrics.json"))
+    args = parser.parse_args()
+
+    threads = torch.get_num_threads()
+    # units, image shape, units the direct reference runs on, repeats, reference repeats
+    layers = [(256, (1, 16, 16), 64, 7, 3), (1024, (3, 32, 32), 16, 5, 2)]
+    if args.quick:
+        layers = [(256, (1, 16, 16), 32, 3, 1), (1024, (3, 32, 32), 4, 3, 1)]
+    else:
+        layers.append((1024, (3, 64, 64), 2, 3, 1))
+    fcns = [(d, h) for d in (256, 3072) for h in ([256, 256], [1024, 1024])]
+    steps, fcn_repeats = (5, 3) if args.quick else (10, 5)
+
+    report = {"mode": "quick" if args.quick else "full", "environment": environment(threads)}
+    report["mask_autocorrelation"] = []
+    for units, shape, ref_units, repeats, ref_repeats in layers:
+        print(f"mask_autocorrelation H={units} {shape}", flush=True)
+        report["mask_autocorrelation"].append(
+            bench_autocorrelation(units, shape, ref_units, repeats, ref_repeats, threads)
+        )
+    report["rf_width"] = []
+    for units, shape, _, repeats, _ in layers:
+        print(f"rf_width H={units} {shape}", flush=True)
+        report["rf_width"].append(bench_rf_width(units, shape, repeats))
+    report["training_step"] = []
+    for input_dim, hidden in fcns:
+        print(f"training step input={input_dim} hidden={hidden}", flush=True)
+        report["training_step"].append(bench_training_step(input_dim, hidden, steps, fcn_repeats))
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
