@@ -62,6 +62,15 @@ def test_tiny_experiment_through_tune(tiny_spec_dict, tmp_path):
     assert main(["figures", store.uri]) == 0
 
 
+def test_a_different_spec_never_overwrites_stored_results(tiny_spec_dict, tmp_path):
+    store = ExperimentStore(str(tmp_path / "results" / "tiny"))
+    store.write_json("spec.resolved.json", parse_spec(tiny_spec_dict).model_dump(mode="json"))
+    tiny_spec_dict["imp"]["fraction"] = 0.2
+    with pytest.raises(ExperimentError, match="results of a different spec"):
+        run_experiment(parse_spec(tiny_spec_dict), "x", str(tmp_path / "results"))
+    assert store.read_json("spec.resolved.json")["imp"]["fraction"] == 0.4
+
+
 def test_experiment_on_s3(tiny_spec_dict, s3_bucket):
     tiny_spec_dict.update(seeds=[0], datasets=tiny_spec_dict["datasets"][:1])
     tiny_spec_dict["imp"]["rounds"] = 1

@@ -43,10 +43,15 @@ def run_experiment(
     start = time.perf_counter()
     root = storage_root or spec.storage
     store = ExperimentStore(experiment_uri(root, spec.name))
-    if store.exists(SPEC_FILE) or search.can_restore(store.uri):
+    if search.can_restore(store.uri):
         raise ExperimentError(
             f"experiment {store.uri} already exists: continue it with "
             f"`lotterylab resume {store.uri}` or pick another --name"
+        )
+    # a run that died before Tune's first snapshot may start again, with the same spec only
+    if store.exists(RESOLVED_SPEC_FILE) and load_stored_spec(store) != spec:
+        raise ExperimentError(
+            f"{store.uri} already holds results of a different spec: pick another --name"
         )
     store.write_artifact(SPEC_FILE, spec_text.encode())
     store.write_json(RESOLVED_SPEC_FILE, spec.model_dump(mode="json"))

@@ -10,14 +10,13 @@ from lotterylab.platform.spec import ExperimentSpec, GaussianCloneData, NLGPData
 
 def build_dataset(spec: ExperimentSpec, name: str) -> ImageDataset:
     data = spec.dataset(name)
-    if isinstance(data, NLGPData):
-        return make_nlgp(**_nlgp_args(data), seed=data.seed, name=data.name)
-    source = spec.dataset(data.of)
-    assert isinstance(data, GaussianCloneData)
-    if isinstance(source, NLGPData):
-        # the NLGP covariance is known in closed form: clone it exactly, not from samples
-        return make_nlgp_clone(**_nlgp_args(source), seed=data.seed, name=data.name)
-    return gaussian_clone(build_dataset(spec, source.name), seed=data.seed, name=data.name)
+    if isinstance(data, GaussianCloneData):
+        source = spec.dataset(data.of)
+        if isinstance(source, NLGPData):
+            # the NLGP covariance is known in closed form: clone it exactly, not from samples
+            return make_nlgp_clone(**_nlgp_args(source), seed=data.seed, name=data.name)
+        return gaussian_clone(build_dataset(spec, source.name), seed=data.seed, name=data.name)
+    return make_nlgp(**_nlgp_args(data), seed=data.seed, name=data.name)
 
 
 def build_datasets(spec: ExperimentSpec) -> dict[str, ImageDataset]:
