@@ -1,4 +1,6 @@
-# One virtual environment in the checkout; torch/torchvision are pinned in pyproject.toml.
+# One virtual environment in the checkout. constraints.txt pins every package of a known-good
+# install (torch 2.14.1 / torchvision 0.29.1 among them), so a fresh machine resolves quickly
+# to the same set; refresh it with `.venv/bin/pip freeze --exclude-editable > constraints.txt`.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -6,9 +8,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

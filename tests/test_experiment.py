@@ -116,7 +116,10 @@ def test_killed_driver_resumes_to_the_uninterrupted_result(tiny_spec_dict, tmp_p
     spec_path = write_spec(tiny_spec_dict)
     root = tmp_path / "results"
     store = ExperimentStore(str(root / "killme"))
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    # two raylets on this machine: the lineages are spread over two nodes
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
     try:
         driver = subprocess.Popen(
             [
