@@ -26,11 +26,12 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
-from lotterylab.platform.tables import rows_to_table
+from lotterylab.platform.tables import SCHEMAS, rows_to_table
 
 
 class StoreError(RuntimeError):
@@ -149,10 +150,6 @@ class ExperimentStore:
 
     def read_table(self, table: str) -> pa.Table:
         """All finished part files of a table (temp files are skipped by their dot prefix)."""
-        import pyarrow.dataset as ds
-
-        from lotterylab.platform.tables import SCHEMAS
-
         folder = self.path("tables", table)
         if not self.fs.exists(folder):
             return SCHEMAS[table].empty_table()

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lotterylab.platform.data.dataset import ImageDataset
 from lotterylab.platform.metrics import accuracy
 from lotterylab.platform.spec import TrainingSpec
 
@@ -77,7 +78,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat([model(chunk) for chunk in torch.split(x, batch_size)])
 
 
-def evaluate(model: nn.Module, data, batch_size: int) -> Evaluation:
+def evaluate(model: nn.Module, data: ImageDataset, batch_size: int) -> Evaluation:
     """Accuracy on the train and test splits, batch norm in eval mode."""
     return Evaluation(
         train_accuracy=accuracy(predict(model, data.train_x, batch_size), data.train_y),

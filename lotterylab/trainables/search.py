@@ -47,6 +47,8 @@ def _run_config(spec: ExperimentSpec, storage_root: str) -> tune.RunConfig:
         storage_path=storage_path,
         storage_filesystem=filesystem,
         failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
+        # num_to_keep also makes Tune snapshot its experiment state after every trial
+        # checkpoint, so a driver killed early still leaves something to resume from
         checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=2),
         verbose=1,  # Tune's console table: status and the metrics each round reports
     )
@@ -55,10 +57,8 @@ def _run_config(spec: ExperimentSpec, storage_root: str) -> tune.RunConfig:
 def new_tuner(
     spec: ExperimentSpec, datasets: dict[str, ImageDataset], storage_root: str, store_uri: str
 ) -> tune.Tuner:
-    experiment = store_uri.rstrip("/").rsplit("/", 1)[-1]
-
     def trial_dirname(trial) -> str:
-        config = LineageConfig(experiment, trial.config["dataset"], trial.config["seed"], spec)
+        config = LineageConfig(spec.name, trial.config["dataset"], trial.config["seed"], spec)
         return f"trial-{config.lineage_id}"
 
     return tune.Tuner(
