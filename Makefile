@@ -24,5 +24,8 @@ test: install
 lint: install
 	$(BIN)/ruff check lotterylab tests benchmarks
 
+bench: install
+	$(BIN)/python benchmarks/bench_metrics.py
+
 clean:
 	rm -rf $(VENV) results

@@ -57,9 +57,7 @@ def keep_top(scores: torch.Tensor, alive: torch.Tensor, keep: int) -> torch.Tens
     return keep_mask.reshape(alive.shape)
 
 
-def prune_counts(
-    alive: Mapping[str, int], fraction: float, scope: str, sizes: Mapping[str, int] | None = None
-) -> dict[str, int] | int:
+def prune_counts(alive: Mapping[str, int], fraction: float, scope: str) -> dict[str, int] | int:
     """How many weights to remove: per tensor (``layer``) or one pooled count (``global``)."""
     if scope == "layer":
         return {name: int(round(fraction * n)) for name, n in alive.items()}

@@ -53,7 +53,6 @@ def rows_to_table(table: str, rows: list[dict]) -> pa.Table:
                 f"and unknown columns {sorted(extra)}"
             )
     columns = {name: [row[name] for row in rows] for name in schema.names}
-    for name in ("layer_sparsity",):
-        if name in columns:
-            columns[name] = [list(v.items()) for v in columns[name]]
+    # Arrow map columns take (key, value) pairs
+    columns["layer_sparsity"] = [list(v.items()) for v in columns["layer_sparsity"]]
     return pa.Table.from_pydict(columns, schema=schema)
