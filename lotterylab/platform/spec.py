@@ -9,20 +9,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+from lotterylab.platform.schema import NAME_PATTERN, Strict
 
 
 class SpecError(ValueError):
     """A spec that cannot be run; the message names the key path, the value and what is allowed."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class NLGPData(_Strict):
+class NLGPData(Strict):
     """Ingrosso & Goldt's non-linear Gaussian process images, one correlation length per class."""
 
     type: Literal["nlgp"]
@@ -36,7 +32,7 @@ class NLGPData(_Strict):
     seed: int = 0
 
 
-class GaussianCloneData(_Strict):
+class GaussianCloneData(Strict):
     """Same mean and covariance as another data set of the spec, no higher cumulants."""
 
     type: Literal["gaussian_clone"]
@@ -48,7 +44,7 @@ class GaussianCloneData(_Strict):
 DataSpec = Annotated[NLGPData | GaussianCloneData, Field(discriminator="type")]
 
 
-class FCNModel(_Strict):
+class FCNModel(Strict):
     """Pellegrini & Biroli's fully connected net."""
 
     name: Literal["fcn"] = "fcn"
@@ -58,7 +54,7 @@ class FCNModel(_Strict):
     bias: bool = True
 
 
-class TrainingSpec(_Strict):
+class TrainingSpec(Strict):
     optimizer: Literal["sgd"] = "sgd"
     lr: Annotated[float, Field(gt=0)] = 0.1
     batch_size: Annotated[int, Field(ge=1)] = 1000
@@ -75,7 +71,7 @@ class TrainingSpec(_Strict):
         return self
 
 
-class IMPSpec(_Strict):
+class IMPSpec(Strict):
     rounds: Annotated[int, Field(ge=1, le=100)] = 10
     fraction: Annotated[float, Field(gt=0, lt=1)] = 0.3
     scope: Literal["layer", "global"] = "layer"
@@ -92,17 +88,17 @@ class IMPSpec(_Strict):
         return value
 
 
-class ResourcesSpec(_Strict):
+class ResourcesSpec(Strict):
     cpu: Annotated[float, Field(ge=0)] = 1
     gpu: Annotated[float, Field(ge=0)] = 0
 
 
-class RunSpec(_Strict):
+class RunSpec(Strict):
     max_failures: Annotated[int, Field(ge=0)] = 2
     max_concurrent_trials: Annotated[int, Field(ge=0)] = 0  # 0 = as many as resources allow
 
 
-class ExperimentSpec(_Strict):
+class ExperimentSpec(Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     kind: Literal["imp"] = "imp"
     storage: str = "./results"

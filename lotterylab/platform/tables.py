@@ -1,8 +1,8 @@
 """Schemas of the result tables, shared by the writers (procedures) and the readers (analysis).
 
 Each measurement is its own table under ``<experiment>/tables/<table>/``; rows are written as
-Parquet part files, one per (lineage, round, method), so concurrent writers never collide and a
-replayed round overwrites its own part with identical content.
+Parquet part files, one per (lineage or run, round or epoch, method), so concurrent writers never
+collide and a replayed round overwrites its own part with identical content.
 """
 
 from __future__ import annotations
@@ -10,16 +10,24 @@ from __future__ import annotations
 import pyarrow as pa
 
 ROUNDS_TABLE = "rounds"
+KURTOSIS_TABLE = "kurtosis"
+CAVITY_TABLE = "cavity"
+PAI_EPOCHS_TABLE = "pai_epochs"
+PAI_MASKS_TABLE = "pai_masks"
+
+_LINEAGE_FIELDS = [
+    pa.field("experiment", pa.string(), nullable=False),
+    pa.field("lineage_id", pa.string(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),  # imp | pai
+    pa.field("method", pa.string(), nullable=False),  # imp | oneshot | random | cavity | PaI name
+    pa.field("dataset", pa.string(), nullable=False),
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("seed", pa.int64(), nullable=False),
+]
 
 ROUNDS_SCHEMA = pa.schema(
     [
-        pa.field("experiment", pa.string(), nullable=False),
-        pa.field("lineage_id", pa.string(), nullable=False),
-        pa.field("kind", pa.string(), nullable=False),  # "imp" today, "pai" next
-        pa.field("method", pa.string(), nullable=False),  # imp | oneshot | random
-        pa.field("dataset", pa.string(), nullable=False),
-        pa.field("model", pa.string(), nullable=False),
-        pa.field("seed", pa.int64(), nullable=False),
+        *_LINEAGE_FIELDS,
         pa.field("round", pa.int64(), nullable=False),
         # fraction of prunable weights removed, over all prunable tensors and in the first layer
         pa.field("sparsity", pa.float64(), nullable=False),
@@ -28,17 +36,96 @@ ROUNDS_SCHEMA = pa.schema(
         # null when the network of this row was not trained (baselines with train: false)
         pa.field("train_accuracy", pa.float64()),
         pa.field("test_accuracy", pa.float64()),
-        # RF width (sigma_x, sigma_y in pixels) of first-layer masks, over non-empty units
+        # RF width (sigma_x, sigma_y in pixels) of first-layer masks, over non-empty units;
+        # null for models whose first layer is not a dense layer on image pixels
         pa.field("rf_width_median", pa.float64()),
         pa.field("rf_width_mean", pa.float64()),
         pa.field("rf_width_y_median", pa.float64()),
         pa.field("rf_width_y_mean", pa.float64()),
-        pa.field("empty_units", pa.int64(), nullable=False),
+        # the same from the cross-channel autocorrelation (pairs across any two channels)
+        pa.field("rf_width_cross_median", pa.float64()),
+        pa.field("rf_width_cross_mean", pa.float64()),
+        pa.field("empty_units", pa.int64()),
         pa.field("wall_time_s", pa.float64(), nullable=False),
     ]
 )
 
-SCHEMAS: dict[str, pa.Schema] = {ROUNDS_TABLE: ROUNDS_SCHEMA}
+# Pre-activation kurtosis of the first hidden layer at the start of a round, for
+# θ(t_rewind) ⊙ the mask that round trains (eq. 4, not excess; 3 for a Gaussian).
+KURTOSIS_SCHEMA = pa.schema(
+    [
+        *_LINEAGE_FIELDS,
+        pa.field("round", pa.int64(), nullable=False),
+        pa.field("sparsity_first_layer", pa.float64(), nullable=False),
+        pa.field("kurtosis_mean", pa.float64()),  # mean over units and classes (Fig. 4B)
+        pa.field("kurtosis_all_mean", pa.float64()),  # mean over units, all inputs pooled
+        pa.field("kurtosis_median", pa.float64()),  # median over units, all inputs pooled
+    ]
+)
+
+# N_W(n) · cavity score of the remaining first-layer weights at θ(t_rewind) ⊙ m(n-1), averaged
+# within groups of weights by the round in which the method eventually removes them
+# (-1: never removed). Fig. 5B is evaluated_at_round 0, Fig. 5C every round.
+CAVITY_SCHEMA = pa.schema(
+    [
+        *_LINEAGE_FIELDS,
+        pa.field("evaluated_at_round", pa.int64(), nullable=False),
+        pa.field("removed_at_round", pa.int64(), nullable=False),
+        pa.field("mean", pa.float64()),
+        pa.field("count", pa.int64(), nullable=False),
+        pa.field("n_alive", pa.int64(), nullable=False),  # N_W: alive first-layer weights
+    ]
+)
+
+_PAI_FIELDS = [
+    pa.field("experiment", pa.string(), nullable=False),
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),
+    pa.field("method", pa.string(), nullable=False),
+    pa.field("density", pa.float64(), nullable=False),  # target fraction of prunable weights kept
+    pa.field("rounds", pa.int64(), nullable=False),
+    pa.field("dataset", pa.string(), nullable=False),
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("seed", pa.int64(), nullable=False),
+    # sanity-check branch of a parent run ("" for a trunk run) and the parent's run id
+    pa.field("branch", pa.string(), nullable=False),
+    pa.field("parent_id", pa.string()),
+]
+
+PAI_EPOCHS_SCHEMA = pa.schema(
+    [
+        *_PAI_FIELDS,
+        pa.field("epoch", pa.int64(), nullable=False),  # 0 = at initialisation, after pruning
+        pa.field("train_loss", pa.float64()),
+        pa.field("test_accuracy", pa.float64()),  # classification; null for segmentation
+        pa.field("test_miou", pa.float64()),  # segmentation; null for classification
+        pa.field("final", pa.bool_(), nullable=False),
+        pa.field("wall_time_s", pa.float64(), nullable=False),
+    ]
+)
+
+PAI_MASKS_SCHEMA = pa.schema(
+    [
+        *_PAI_FIELDS,
+        pa.field("actual_density", pa.float64(), nullable=False),
+        pa.field("layer_density", pa.map_(pa.string(), pa.float64()), nullable=False),
+        pa.field("active_units", pa.map_(pa.string(), pa.int64()), nullable=False),
+        pa.field("total_units", pa.map_(pa.string(), pa.int64()), nullable=False),
+        pa.field("collapsed", pa.bool_(), nullable=False),
+        pa.field("scoring_time_s", pa.float64(), nullable=False),
+        # first-layer RF width for dense first layers on images (FCN), else null
+        pa.field("rf_width_median", pa.float64()),
+        pa.field("rf_width_mean", pa.float64()),
+    ]
+)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    ROUNDS_TABLE: ROUNDS_SCHEMA,
+    KURTOSIS_TABLE: KURTOSIS_SCHEMA,
+    CAVITY_TABLE: CAVITY_SCHEMA,
+    PAI_EPOCHS_TABLE: PAI_EPOCHS_SCHEMA,
+    PAI_MASKS_TABLE: PAI_MASKS_SCHEMA,
+}
 
 
 def rows_to_table(table: str, rows: list[dict]) -> pa.Table:
@@ -53,6 +140,7 @@ def rows_to_table(table: str, rows: list[dict]) -> pa.Table:
                 f"and unknown columns {sorted(extra)}"
             )
     columns = {name: [row[name] for row in rows] for name in schema.names}
-    # Arrow map columns take (key, value) pairs
-    columns["layer_sparsity"] = [list(v.items()) for v in columns["layer_sparsity"]]
+    for field in schema:
+        if pa.types.is_map(field.type):  # Arrow map columns take (key, value) pairs
+            columns[field.name] = [list(v.items()) for v in columns[field.name]]
     return pa.Table.from_pydict(columns, schema=schema)
