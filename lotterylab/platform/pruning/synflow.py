@@ -1,0 +1,28 @@
+"""SynFlow (Tanaka et al. 2020): |theta * dR/dtheta| of the network with |theta|.
+
+R is the sum of the outputs on an all-ones input, batch norm in eval mode, computed in float64:
+path products overflow float32 in deep networks.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from lotterylab.platform.pruning.network import path_gradients, sample_shape
+from lotterylab.platform.schema import Strict
+
+
+class SynFlowHParams(Strict):
+    input_shape: tuple[int, ...] | None = Field(
+        None, description="shape of one input sample (C, H, W), used when no data are given"
+    )
+
+
+def synflow_scores(net, masks, data, generator, hparams: SynFlowHParams) -> dict[str, torch.Tensor]:
+    shape = sample_shape("synflow", data, hparams.input_shape)
+    leaves = {
+        n: w.abs().to(torch.float64).requires_grad_(True) for n, w in net.masked(masks).items()
+    }
+    grads = path_gradients(net, "abs", leaves, shape)
+    return {n: (grads[n] * leaves[n]).detach().abs() for n in net.names}
