@@ -75,6 +75,8 @@ def make_row(dataset: str, seed: int, method: str, round_: int) -> dict:
         "rf_width_mean": None,
         "rf_width_y_median": None,
         "rf_width_y_mean": None,
+        "rf_width_cross_median": None,
+        "rf_width_cross_mean": None,
         "empty_units": 0,
         "wall_time_s": 1.0,
     }
@@ -246,7 +248,10 @@ REPORT_FILES = (
     "figures/rf_width_vs_sparsity.png",
     "figures/accuracy_vs_sparsity.png",
     "figures/first_layer_masks.png",
+    "figures/fig1_masks.png",
+    "figures/fig3_gaussian_clone.png",  # masks and RF widths; no example images in this store
     "figures/summary.md",
+    "figures/report.md",  # Figs. 2, 4 and 5 are skipped: no components, RF means, cavity
 )
 
 

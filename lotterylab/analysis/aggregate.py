@@ -9,23 +9,36 @@ import pandas as pd
 DEFAULT_GROUPS = ("dataset", "method", "round")
 
 
-def aggregate_over_seeds(
-    rows: pd.DataFrame, values: Sequence[str], by: Sequence[str] = DEFAULT_GROUPS
+def seed_stats(
+    rows: pd.DataFrame,
+    values: Sequence[str],
+    by: Sequence[str],
+    means: Sequence[str] = (),
 ) -> pd.DataFrame:
     """One row per group with ``<col>_mean/_min/_max/_std`` for each value column.
 
     Nulls are skipped (an all-null group gives NaN); std uses ddof=0 so one seed gives 0.
-    ``sparsity_mean``, ``sparsity_first_layer_mean`` and ``n_seeds`` come with every group.
+    Columns in ``means`` come with only their mean (the x of a curve, e.g. a sparsity);
+    ``n_seeds`` counts the distinct seeds of each group.
     """
-    numeric = rows.assign(**{col: pd.to_numeric(rows[col]) for col in values})
-    groups = numeric.groupby(list(by), sort=True)
+    numeric = rows.assign(**{col: pd.to_numeric(rows[col]) for col in (*values, *means)})
+    groups = numeric.groupby(list(by), sort=True, dropna=False)
     columns: dict[str, pd.Series] = {}
     for col in values:
         columns[f"{col}_mean"] = groups[col].mean()
         columns[f"{col}_min"] = groups[col].min()
         columns[f"{col}_max"] = groups[col].max()
         columns[f"{col}_std"] = groups[col].std(ddof=0)
-    columns["sparsity_mean"] = groups["sparsity"].mean()
-    columns["sparsity_first_layer_mean"] = groups["sparsity_first_layer"].mean()
+    for col in means:
+        columns[f"{col}_mean"] = groups[col].mean()
     columns["n_seeds"] = groups["seed"].nunique()
+    if rows.empty:
+        return pd.DataFrame(columns=[*by, *columns])
     return pd.DataFrame(columns).reset_index()
+
+
+def aggregate_over_seeds(
+    rows: pd.DataFrame, values: Sequence[str], by: Sequence[str] = DEFAULT_GROUPS
+) -> pd.DataFrame:
+    """``seed_stats`` of IMP rows, with ``sparsity_mean`` and ``sparsity_first_layer_mean``."""
+    return seed_stats(rows, values, by, means=("sparsity", "sparsity_first_layer"))

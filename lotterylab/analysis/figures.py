@@ -7,6 +7,8 @@ state is left behind; each function writes one PNG to a path or a binary file ob
 
 from __future__ import annotations
 
+import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -18,8 +20,38 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-METHOD_ORDER = ("imp", "oneshot", "random")
-METHOD_COLOURS = {"imp": "black", "oneshot": "tab:blue", "random": "tab:red"}
+# paper 1's methods, then paper 2's in its order (single-shot, then iterative)
+METHOD_ORDER = (
+    "imp",
+    "oneshot",
+    "random",
+    "cavity",
+    "magnitude",
+    "snip",
+    "grasp",
+    "synflow",
+    "synflow_l2",
+    "ntksap",
+    "px",
+    "px_literal",
+)
+METHOD_COLOURS = {
+    "imp": "black",
+    "oneshot": "tab:blue",
+    "random": "tab:red",
+    "cavity": "tab:green",
+    "magnitude": "tab:orange",
+    "snip": "tab:purple",
+    "grasp": "tab:brown",
+    "synflow": "tab:pink",
+    "synflow_l2": "tab:olive",
+    "ntksap": "tab:cyan",
+    "px": "tab:green",
+    "px_literal": "darkgreen",
+}
+# unknown methods draw from a palette by a stable hash of their name: same method, same colour
+EXTRA_COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d")
+LINESTYLES = ("-", "--", ":", "-.")
 UNITS_PER_ROW = 8
 DPI = 120
 
@@ -42,11 +74,45 @@ class MaskPanel:
         return 1.0 - float(self.mask.float().mean())
 
 
+def base_method(label: str) -> str:
+    """The method of a series label ``[<experiment>/]<method>[ T=k][ (branch)]``."""
+    return re.split(r"[\s(]", label.rsplit("/", 1)[-1], maxsplit=1)[0]
+
+
+def method_colour(label: str) -> str:
+    method = base_method(label)
+    if method in METHOD_COLOURS:
+        return METHOD_COLOURS[method]
+    return EXTRA_COLOURS[zlib.crc32(method.encode()) % len(EXTRA_COLOURS)]
+
+
 def ordered_methods(methods: Sequence[str]) -> list[str]:
-    """The known methods in the paper's order, then any others alphabetically."""
-    present = set(methods)
-    known = [m for m in METHOD_ORDER if m in present]
-    return known + sorted(present - set(METHOD_ORDER))
+    """The known methods in the paper's order, then any others alphabetically.
+
+    Labels ``<experiment>/<method>`` sort by experiment, then by their method in that order.
+    """
+    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+
+    def key(label: str) -> tuple:
+        prefix = label.rsplit("/", 1)[0] if "/" in label else ""
+        method = base_method(label)
+        return (prefix, rank.get(method, len(rank)), method, label)
+
+    return sorted(set(methods), key=key)
+
+
+def series_styles(labels: Sequence[str]) -> dict[str, dict]:
+    """Colour by method; series sharing a method (experiments, T, branches) differ in dashes."""
+    styles, used = {}, {}
+    for label in ordered_methods(labels):
+        method = base_method(label)
+        index = used.get(method, 0)
+        used[method] = index + 1
+        styles[label] = {
+            "color": method_colour(label),
+            "linestyle": LINESTYLES[index % len(LINESTYLES)],
+        }
+    return styles
 
 
 def save_png(figure: Figure, out: Output) -> None:
@@ -57,14 +123,17 @@ def save_png(figure: Figure, out: Output) -> None:
 # -- metric vs sparsity ----------------------------------------------------------------------
 def plot_method_lines(ax: Axes, rows: pd.DataFrame, metric: str, sparsity: str) -> None:
     """Mean over seeds with a min-max band, one line per method that has any value."""
-    for method in ordered_methods(rows["method"].unique()):
+    styles = series_styles(rows["method"].unique())
+    for method, style in styles.items():
         line = rows[rows["method"] == method].sort_values(sparsity)
-        if line[f"{metric}_mean"].isna().all():
+        line = line[line[f"{metric}_mean"].notna()]
+        if line.empty:
             continue
         x = 100.0 * line[sparsity]
-        colour = METHOD_COLOURS.get(method)
-        ax.plot(x, line[f"{metric}_mean"], marker="o", ms=3, color=colour, label=method)
-        ax.fill_between(x, line[f"{metric}_min"], line[f"{metric}_max"], color=colour, alpha=0.2)
+        ax.plot(x, line[f"{metric}_mean"], marker="o", ms=3, label=method, **style)
+        ax.fill_between(
+            x, line[f"{metric}_min"], line[f"{metric}_max"], color=style["color"], alpha=0.2
+        )
 
 
 def plot_metric_vs_sparsity(

@@ -1,102 +1,203 @@
-"""An experiment's report (figures and a Markdown summary), written back into its store so it
-sits next to the results on any fsspec URI, local disk or object store alike."""
+"""An experiment's report (figures and Markdown), written back into its store so it sits next to
+the results on any fsspec URI, local disk or object store alike.
+
+One experiment gets the figures of its kind (paper 1 for ``imp``, paper 2 for ``pai``) under its
+own ``figures/``; several experiments get one set of comparison figures, their methods labelled
+``<experiment>/<method>``. Figures whose inputs are not in the store yet are skipped with a note
+in ``report.md``; a corrupt artifact still raises ``StoreError``.
+"""
 
 from __future__ import annotations
 
 import io
-import math
 import posixpath
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Sequence
 
 import pandas as pd
 
 from lotterylab.analysis.aggregate import aggregate_over_seeds
-from lotterylab.analysis.figures import (
-    MaskPanel,
-    ordered_methods,
-    plot_accuracy_vs_sparsity,
-    plot_first_layer_masks,
-    plot_rf_width_vs_sparsity,
+from lotterylab.analysis.experiment import (
+    Experiment,
+    ExperimentSet,
+    as_store,
+    open_experiment,
+    relabel,
 )
-from lotterylab.analysis.tables import load_rounds
-from lotterylab.platform.masks import mask_after_round
+from lotterylab.analysis.figures import MaskPanel, ordered_methods
+from lotterylab.analysis.markdown import percent, spread
+from lotterylab.analysis.paper1 import (
+    SUMMARY_VALUES,
+    accuracy_sections,
+    all_masks_section,
+    fig1_section,
+    fig2_section,
+    fig3_section,
+    fig4_section,
+    fig5_section,
+    mask_panels,
+)
+from lotterylab.analysis.paper2 import pai_sections
+from lotterylab.analysis.sections import Section
 from lotterylab.platform.store import ExperimentStore
 
 FIGURES = "figures"
-SUMMARY_VALUES = ("rf_width_median", "test_accuracy")
-MISSING = "—"
+COMPARE = "figures/compare"
+REPORT = "report.md"
+SUMMARY = "summary.md"
+
+StoreLike = str | ExperimentStore
 
 
-def write_report(store: ExperimentStore) -> list[str]:
-    """Write the three figures and ``summary.md`` under ``figures/``; return their URIs."""
-    rounds = load_rounds(store)
-    if rounds.empty:
-        raise ValueError(f"no results in {store.uri}: has the experiment run?")
-    summary = aggregate_over_seeds(rounds, SUMMARY_VALUES)
-    panels = first_layer_mask_panels(store, rounds)
-    return [
-        write_png(store, "rf_width_vs_sparsity.png", plot_rf_width_vs_sparsity, summary),
-        write_png(store, "accuracy_vs_sparsity.png", plot_accuracy_vs_sparsity, summary),
-        write_png(store, "first_layer_masks.png", plot_first_layer_masks, panels),
-        write_figure_file(store, "summary.md", summary_markdown(store, rounds, summary).encode()),
-    ]
+def write_report(
+    store_or_stores: StoreLike | Sequence[StoreLike], out: StoreLike | None = None
+) -> list[str]:
+    """Draw the figures and write ``report.md`` (and ``summary.md`` for IMP); return URIs.
+
+    One store: its figures go under its own ``figures/``. Several: comparison figures go to
+    ``out`` (a store or URI, files directly under it), by default the first store's
+    ``figures/compare/``. ``out`` also redirects a single experiment's figures.
+    """
+    if isinstance(store_or_stores, str | ExperimentStore):
+        targets = [store_or_stores]
+    else:
+        targets = list(store_or_stores)
+    if not targets:
+        raise ValueError("write_report: give at least one experiment store or URI")
+    experiments = [open_experiment(t) for t in targets]
+    for experiment in experiments:
+        if not experiment.tables() and not experiment.spec:
+            raise ValueError(f"no results in {experiment.uri}: has the experiment run?")
+    if len(experiments) == 1:
+        experiment = experiments[0]
+        destination = (as_store(out), "") if out is not None else (experiment.store, FIGURES)
+        sections = experiment_sections(experiment)
+        header = experiment_header(experiment)
+        extra = summary_file(experiment)
+    else:
+        destination = (as_store(out), "") if out is not None else (experiments[0].store, COMPARE)
+        group = ExperimentSet(experiments)
+        sections = comparison_sections(group)
+        header = comparison_header(group)
+        extra = []
+    return write_sections(destination, sections, header, extra)
 
 
-def write_figure_file(store: ExperimentStore, name: str, data: bytes) -> str:
-    rel = posixpath.join(FIGURES, name)
+def write_sections(
+    destination: tuple[ExperimentStore, str],
+    sections: list[Section],
+    header: list[str],
+    extra: list[tuple[str, bytes]],
+) -> list[str]:
+    store, folder = destination
+    written = []
+    for section in sections:
+        if section.draw is None or section.png is None:
+            continue
+        buffer = io.BytesIO()
+        section.draw(buffer)
+        written.append(write_file(store, folder, section.png, buffer.getvalue()))
+    for name, data in extra:
+        written.append(write_file(store, folder, name, data))
+    text = "\n".join(header + [line for s in sections for line in s.markdown()])
+    written.append(write_file(store, folder, REPORT, text.encode()))
+    return written
+
+
+def write_file(store: ExperimentStore, folder: str, name: str, data: bytes) -> str:
+    rel = posixpath.join(folder, name) if folder else name
     store.write_bytes(rel, data)
     return store.url(rel)
 
 
-def write_png(
-    store: ExperimentStore, name: str, plot: Callable[[Any, io.BytesIO], None], data: Any
-) -> str:
-    buffer = io.BytesIO()
-    plot(data, buffer)
-    return write_figure_file(store, name, buffer.getvalue())
+# -- which figures ---------------------------------------------------------------------------
+def experiment_sections(experiment: Experiment) -> list[Section]:
+    if experiment.kind == "pai":
+        return pai_sections(experiment.pai_epochs(), experiment.pai_masks())
+    return imp_sections(experiment.rounds(), experiment.kurtosis(), experiment.cavity(), experiment)
 
 
-# -- masks -----------------------------------------------------------------------------------
-def lowest_seed_lineages(rounds: pd.DataFrame) -> list[str]:
-    """Per data set, the lineage with the lowest seed: the one whose masks are shown."""
-    lineages = rounds.sort_values(["dataset", "seed", "lineage_id"]).drop_duplicates("dataset")
-    return lineages["lineage_id"].tolist()
+def imp_sections(
+    rounds: pd.DataFrame,
+    kurtosis: pd.DataFrame,
+    cavity: pd.DataFrame,
+    experiment: Experiment | None,
+) -> list[Section]:
+    """Paper 1's figures; the image figures (masks, components, examples) need one experiment."""
+    sections: list[Section] = []
+    if rounds.empty:
+        sections.append(Section("Accuracy and RF width vs sparsity").skip("no rounds table yet"))
+    else:
+        sections += accuracy_sections(rounds)
+    if experiment is not None:
+        if rounds.empty:
+            sections.append(Section("Fig. 1 — first-layer masks").skip("no rounds table yet"))
+        else:
+            sections.append(all_masks_section(experiment, rounds))
+            sections.append(fig1_section(experiment, rounds))
+        sections.append(fig2_section(experiment))
+    sections.append(fig3_section(experiment, rounds))
+    sections.append(fig4_section(rounds, kurtosis))
+    sections.append(fig5_section(cavity))
+    return sections
+
+
+def comparison_sections(group: ExperimentSet) -> list[Section]:
+    sections: list[Section] = []
+    if "imp" in group.kinds:
+        rounds, kurtosis, cavity = (
+            relabel(group.table(t)) for t in ("rounds", "kurtosis", "cavity")
+        )
+        sections += imp_sections(rounds, kurtosis, cavity, experiment=None)
+    if "pai" in group.kinds:
+        sections += pai_sections(relabel(group.pai_epochs()), relabel(group.pai_masks()))
+    return sections
+
+
+def experiment_header(experiment: Experiment) -> list[str]:
+    tables = experiment.tables()
+    lines = [
+        f"# Report of experiment `{experiment.name}` ({experiment.kind})",
+        "",
+        f"Results at `{experiment.uri}`; tables: {', '.join(tables) or 'none yet'}.",
+        "Numbers are statistics over seeds: mean ± std (ddof=0) or mean (min–max).",
+        "",
+    ]
+    if not experiment.spec:
+        lines += ["> note: no `spec.resolved.json` in the store; spec columns are absent.", ""]
+    return lines
+
+
+def comparison_header(group: ExperimentSet) -> list[str]:
+    lines = ["# Comparison of experiments", ""]
+    lines += [
+        f"- `{label}` ({e.kind}): `{e.uri}`"
+        for label, e in zip(group.labels, group.experiments, strict=True)
+    ]
+    lines += [
+        "",
+        "Methods are labelled `<experiment>/<method>`; masks, components and example images "
+        "are in each experiment's own report.",
+        "",
+    ]
+    return lines
+
+
+# -- summary.md (the walking skeleton's per-data-set table) -------------------------------------
+def summary_file(experiment: Experiment) -> list[tuple[str, bytes]]:
+    if experiment.kind != "imp":
+        return []
+    rounds = experiment.table("rounds", with_spec=False)
+    if rounds.empty:
+        return []
+    summary = aggregate_over_seeds(rounds, SUMMARY_VALUES)
+    return [(SUMMARY, summary_markdown(experiment.store, rounds, summary).encode())]
 
 
 def first_layer_mask_panels(store: ExperimentStore, rounds: pd.DataFrame) -> list[MaskPanel]:
-    """First-layer masks in force at each shown lineage's last round, per method.
-
-    Lineages or methods whose files are not written yet are left out; an unfinished or corrupt
-    file still raises ``StoreError``.
-    """
-    panels = []
-    for lineage_id in lowest_seed_lineages(rounds):
-        lineage_file = f"lineages/{lineage_id}/lineage.json"
-        if not store.exists(lineage_file):
-            continue
-        lineage = store.read_json(lineage_file)
-        for method in ordered_methods(lineage["methods"]):
-            masks_file = f"lineages/{lineage_id}/masks/{method}.pt"
-            if store.exists(masks_file):
-                panels.append(mask_panel(lineage, method, store.read_tensors(masks_file)))
-    return panels
+    """First-layer masks in force at each shown lineage's last round, per method."""
+    return mask_panels(open_experiment(store), rounds)[0]
 
 
-def mask_panel(lineage: dict, method: str, removal_rounds: dict) -> MaskPanel:
-    last_round = lineage["last_round"]
-    removal_round = removal_rounds[lineage["first_layer"]]
-    return MaskPanel(
-        dataset=lineage["dataset"],
-        method=method,
-        seed=lineage["seed"],
-        round=last_round,
-        image_shape=tuple(lineage["image_shape"]),
-        mask=mask_after_round(removal_round, last_round - 1),  # the mask round last_round used
-    )
-
-
-# -- summary.md ------------------------------------------------------------------------------
 SUMMARY_COLUMNS = (
     "method",
     "round",
@@ -148,18 +249,3 @@ def summary_row(row: dict) -> str:
         str(row["n_seeds"]),
     )
     return "| " + " | ".join(cells) + " |"
-
-
-def percent(fraction: float) -> str:
-    return f"{100 * fraction:.1f}%"
-
-
-def spread(row: dict, column: str, digits: int, with_range: bool) -> str:
-    """``mean ± std`` and optionally ``(min–max)``; a dash when no seed has a value."""
-    mean = row[f"{column}_mean"]
-    if math.isnan(mean):
-        return MISSING
-    text = f"{mean:.{digits}f} ± {row[f'{column}_std']:.{digits}f}"
-    if with_range:
-        text += f" ({row[f'{column}_min']:.{digits}f}–{row[f'{column}_max']:.{digits}f})"
-    return text

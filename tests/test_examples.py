@@ -1,0 +1,46 @@
+"""The example scripts run as a user would run them, on a store written here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+
+from lotterylab.platform.store import ExperimentStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_redraw_fig4_writes_a_png_per_data_set_panel(tmp_path):
+    from test_analysis_paper1 import build_imp_store
+
+    store = ExperimentStore(str(tmp_path / "p1"))
+    build_imp_store(store, with_artifacts=False)
+    output = tmp_path / "fig4b.png"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "redraw_fig4.py"), store.uri, "-o", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(output)
+    image = matplotlib.image.imread(output)
+    assert image.shape[:2] == (380, 900)  # two data sets side by side at 100 dpi
+    assert image[..., :3].std() > 0.05
+
+
+def test_redraw_fig4_names_a_store_without_kurtosis(tmp_path):
+    empty = tmp_path / "empty"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "redraw_fig4.py"), str(empty)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert f"no kurtosis rows in {empty}" in result.stderr
