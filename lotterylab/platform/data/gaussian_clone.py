@@ -9,10 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 
 from lotterylab.platform.data.dataset import ImageDataset
+from lotterylab.platform.schema import NAME_PATTERN, Strict
+
+FIT_CHUNK = 4096
+
+
+class GaussianCloneData(Strict):
+    """Same per-class, per-channel mean and covariance as another data set of the spec."""
+
+    type: Literal["gaussian_clone"]
+    name: Annotated[str, Field(pattern=NAME_PATTERN)] = Field(description="data set name")
+    of: str = Field(description="name of the data set of this spec to clone")
+    seed: int = Field(1, description="sampling seed")
 
 
 class GaussianCloneFit:
@@ -111,8 +125,13 @@ class GaussianCloneModel:
 
 def gaussian_clone(dataset: ImageDataset, seed: int, name: str | None = None) -> ImageDataset:
     """Fit on ``dataset``'s train split; sample train and test with the source's class counts."""
+    if dataset.train_y.ndim != 1:
+        raise ValueError(
+            f"a Gaussian clone needs one class label per image; {dataset.name!r} has label maps"
+        )
     fit = GaussianCloneFit(dataset.image_shape, dataset.num_classes)
-    fit.update(dataset.train_x, dataset.train_y)
+    for index in torch.arange(dataset.size("train")).split(FIT_CHUNK):
+        fit.update(dataset.batch("train", index), dataset.train_y[index])
     model = fit.finalize()
     generator = torch.Generator().manual_seed(seed)
     train_x, train_y = model.sample(

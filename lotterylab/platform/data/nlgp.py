@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 
 from lotterylab.platform.data.dataset import ImageDataset
+from lotterylab.platform.schema import NAME_PATTERN, Strict
 
 
 def nlgp_gain_gamma(gain: float) -> float:
@@ -56,6 +59,36 @@ def sample_nlgp_clone(
     noise = torch.randn(n, channels, grid * grid, generator=generator)
     x = torch.cat([z @ r for z, r in zip(noise.split(counts), roots, strict=True)])
     return _shuffled(x.reshape(n, -1), counts, generator)
+
+
+class NLGPData(Strict):
+    """Ingrosso & Goldt's non-linear Gaussian process images, one correlation length per class."""
+
+    type: Literal["nlgp"]
+    name: Annotated[str, Field(pattern=NAME_PATTERN)] = Field(description="data set name")
+    grid: Annotated[int, Field(ge=2, le=256)] = Field(16, description="image side Np (pixels)")
+    channels: Annotated[int, Field(ge=1, le=16)] = Field(1, description="image channels")
+    xi: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=2)] = Field(
+        description="correlation length of each class (pixels); one class per entry"
+    )
+    gain: Annotated[float, Field(gt=0)] = Field(3.0, description="gain g of the erf")
+    n_train: Annotated[int, Field(ge=2)] = Field(8000, description="training images")
+    n_test: Annotated[int, Field(ge=2)] = Field(2000, description="test images")
+    seed: int = Field(0, description="sampling seed")
+
+    def generator_args(self) -> dict:
+        return dict(
+            grid=self.grid,
+            channels=self.channels,
+            xi=list(self.xi),
+            gain=self.gain,
+            n_train=self.n_train,
+            n_test=self.n_test,
+        )
+
+
+def build_nlgp(spec: NLGPData, context) -> ImageDataset:
+    return make_nlgp(**spec.generator_args(), seed=spec.seed, name=spec.name)
 
 
 def make_nlgp(
