@@ -1,0 +1,42 @@
+"""torchvision's ResNet-50 and DeepLabV3-ResNet-50, randomly initialised (nothing downloads)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import nn
+from torchvision.models import resnet50
+from torchvision.models.segmentation import deeplabv3_resnet50
+
+from lotterylab.platform.models.resnet_cifar import kaiming_init_
+from lotterylab.platform.schema import Strict
+
+
+class ResNet50Model(Strict):
+    name: Literal["resnet50"]
+
+
+class DeepLabV3Model(Strict):
+    name: Literal["deeplabv3_resnet50"]
+
+
+def _check_rgb(image_shape, name: str) -> None:
+    if image_shape[0] != 3:
+        raise ValueError(f"model {name} needs 3-channel images, got image_shape {image_shape}")
+
+
+def build_resnet50(spec: ResNet50Model, image_shape, num_classes: int) -> nn.Module:
+    _check_rgb(image_shape, spec.name)
+    model = resnet50(weights=None, num_classes=num_classes)
+    kaiming_init_(model)  # paper 2 initialises every model Kaiming-normal
+    return model
+
+
+def build_deeplabv3(spec: DeepLabV3Model, image_shape, num_classes: int) -> nn.Module:
+    """Returns ``{"out": (N, K, H, W)}`` logits, as torchvision's segmentation models do."""
+    _check_rgb(image_shape, spec.name)
+    model = deeplabv3_resnet50(
+        weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False
+    )
+    kaiming_init_(model)
+    return model
