@@ -8,6 +8,7 @@ from scipy.optimize import least_squares
 from lotterylab.platform.metrics import (
     RFWidthSummary,
     accuracy,
+    image_components,
     mask_autocorrelation,
     rf_width,
     rf_width_summary,
@@ -175,3 +176,58 @@ def test_accuracy():
     assert accuracy(logits, torch.tensor([0, 1, 2, 0])) == 1.0
     with pytest.raises(ValueError, match="labels"):
         accuracy(logits, torch.tensor([0, 1]))
+
+
+def _laplace_mixture(seed, n=4000, d=16, k=6):
+    """Patches that are an orthonormal mixture of k unit-variance Laplace sources, plus noise.
+
+    The sources share one variance, so the covariance cannot tell their directions apart: only
+    their non-Gaussianity can.
+    """
+    g = torch.Generator().manual_seed(seed)
+    directions = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=torch.float64))[0]
+    u = torch.rand(n, k, generator=g, dtype=torch.float64) - 0.5
+    sources = -(2**-0.5) * u.sign() * torch.log1p(-2 * u.abs())  # Laplace, variance 1
+    noise = 0.01 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    return (sources @ directions.T + noise).float(), directions.T
+
+
+def _best_cosines(rows, directions):
+    """For each direction, the largest |cosine| with any row."""
+    rows = rows.double() / rows.double().norm(dim=1, keepdim=True)
+    return (directions @ rows.T).abs().amax(dim=1)
+
+
+def test_image_components_ica_recovers_independent_sources():
+    patches, directions = _laplace_mixture(seed=0)
+    pca, ica = image_components(patches, n_components=6, seed=0)
+    assert pca.shape == ica.shape == (6, 16)
+    assert pca.dtype == ica.dtype == torch.float32
+    assert torch.allclose(
+        pca.double() @ pca.double().T, torch.eye(6, dtype=torch.float64), atol=1e-5
+    )
+    assert float(_best_cosines(ica, directions).min()) > 0.9
+    # every ICA row is matched to a different source
+    rows = ica.double() / ica.double().norm(dim=1, keepdim=True)
+    assert sorted((directions @ rows.T).abs().argmax(dim=0).tolist()) == list(range(6))
+    # PCA spans the same subspace but cannot single out the sources' directions
+    assert float(_best_cosines(pca, directions).min()) < 0.9
+    projection = pca.double().T @ pca.double()
+    assert torch.allclose(projection @ directions.T, directions.T, atol=0.02)
+    # unit rows, largest entry positive
+    assert torch.allclose(ica.norm(dim=1), torch.ones(6), atol=1e-5)
+    assert bool((ica.gather(1, ica.abs().argmax(dim=1, keepdim=True)) > 0).all())
+
+
+def test_image_components_are_deterministic_and_flatten_images():
+    patches, _ = _laplace_mixture(seed=1, n=600, d=16, k=4)
+    first = image_components(patches.reshape(600, 1, 4, 4), n_components=4, seed=3)
+    second = image_components(patches, n_components=4, seed=3)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+def test_image_components_rejects_bad_arguments():
+    with pytest.raises(ValueError, match=r"n_components must be in \[1, min\(N, D\)\] = \[1, 5\]"):
+        image_components(torch.randn(10, 5), n_components=6)
+    with pytest.raises(ValueError, match="patches must be"):
+        image_components(torch.randn(10), n_components=1)

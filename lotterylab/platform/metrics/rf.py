@@ -1,7 +1,4 @@
-"""Measurements of masks and predictions: receptive-field widths and test accuracy.
-
-They are pure functions of tensors, with no model, data or storage in sight, so that training,
-procedures and analyses can all call them on whatever masks and logits they hold.
+"""Receptive-field widths of first-layer units, read off their masks.
 
 The receptive-field width of a first-layer unit is read off its mask autocorrelation
 S(d) = #{pairs of kept inputs at pixel offset d}: a 2-D Gaussian fitted to S (d = 0 left out)
@@ -204,13 +201,3 @@ def rf_width_summary(
         empty_units=int((mask.ne(0).sum(dim=1) < 2).sum()),
         measured_units=int(measured.sum()),
     )
-
-
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of rows whose argmax of ``logits`` (N, K) equals ``labels`` (N,)."""
-    if logits.dim() != 2 or labels.shape != logits.shape[:1] or len(labels) == 0:
-        raise ValueError(
-            f"logits must be (N, K) and labels (N,) with N > 0, got logits "
-            f"{tuple(logits.shape)} and labels {tuple(labels.shape)}"
-        )
-    return float((logits.argmax(dim=1) == labels).double().mean())
