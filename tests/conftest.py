@@ -40,6 +40,51 @@ def tiny_spec_dict() -> dict:
     return copy.deepcopy(TINY_SPEC)
 
 
+TINY_PAI = {
+    "name": "tinypai",
+    "kind": "pai",
+    "seeds": [0],
+    "datasets": [
+        {
+            "name": "nlgp3",
+            "type": "nlgp",
+            "grid": 8,
+            "channels": 3,
+            "xi": [1.0, 2.0, 4.0],
+            "gain": 3.0,
+            "n_train": 240,
+            "n_test": 120,
+            "seed": 0,
+        }
+    ],
+    "model": {"name": "resnet20"},
+    "training": {
+        "optimizer": "nesterov",
+        "lr": 0.05,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "batch_size": 60,
+        "epochs": 2,
+        "lr_drops": [1],
+        "augment": "crop_flip",
+        "eval_batch_size": 120,
+    },
+    "pai": {
+        "methods": ["snip", "px"],
+        "densities": [0.2],
+        "scoring_batches": 1,
+        "scoring_batch_size": 60,
+    },
+    "resources": {"cpu": 1, "gpu": 0},
+    "run": {"max_failures": 0},
+}
+
+
+@pytest.fixture
+def pai_spec_dict() -> dict:
+    return copy.deepcopy(TINY_PAI)
+
+
 @pytest.fixture
 def write_spec(tmp_path):
     def write(data: dict, name: str = "spec.yaml") -> str:

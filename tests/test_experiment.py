@@ -92,7 +92,7 @@ def _reference(spec, dataset, seed):
 
         store = ExperimentStore(tempfile.mkdtemp())
         lineage = IMPLineage(
-            LineageConfig("ref", dataset, seed, spec), build_dataset(spec, dataset), store
+            LineageConfig("ref", dataset, seed, spec), build_dataset(spec.datasets, dataset), store
         )
         while not lineage.done:
             lineage.run_round()

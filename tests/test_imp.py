@@ -15,7 +15,7 @@ def make_lineage(spec_dict, tmp_path, dataset="nlgp", seed=0, folder="exp"):
     spec = parse_spec(spec_dict)
     store = ExperimentStore(str(tmp_path / folder))
     config = LineageConfig(store.name, dataset, seed, spec)
-    return IMPLineage(config, build_dataset(spec, dataset), store), store
+    return IMPLineage(config, build_dataset(spec.datasets, dataset), store), store
 
 
 def run_all(lineage):
@@ -105,7 +105,7 @@ def test_masks_are_enforced_during_training(tiny_spec_dict, tmp_path):
     assert all(bool((weights[n][~m] == 0).all()) for n, m in masks.items())
     from lotterylab.platform.training import train
 
-    train(model, lineage.data.train_x, lineage.data.train_y, lineage.spec.training, seed=3)
+    train(model, lineage.data, lineage.spec.training, seed=3)
     weights = dict(model.named_parameters())
     for name, mask in masks.items():
         assert bool((weights[name][~mask] == 0).all())

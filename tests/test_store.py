@@ -25,6 +25,8 @@ ROW = {
     "rf_width_mean": 1.6,
     "rf_width_y_median": 1.4,
     "rf_width_y_mean": 1.7,
+    "rf_width_cross_median": None,
+    "rf_width_cross_mean": None,
     "empty_units": 3,
     "wall_time_s": 0.25,
 }

@@ -1,40 +1,69 @@
-"""An IMP lineage with its oneshot and random baselines, one round at a time.
+"""An IMP lineage with its sibling methods (oneshot, random, cavity-guided), one round at a time.
 
 Round 0 trains the dense net from initialisation and keeps θ(t_rewind); round n ≥ 1 trains
 θ(t_rewind) ⊙ m(n) for T − t_rewind steps, where m(n) removed ``fraction`` of the weights
-alive in round n − 1 by |θ(T)|. The baselines reuse the dense θ(T) and θ(t_rewind) of the
-same lineage: in round n they keep exactly IMP's per-tensor counts, chosen by |dense θ(T)|
-(oneshot) or uniformly at random, and are trained from θ(t_rewind) when asked to.
+alive in round n − 1 by |θ(T)|. The siblings share the lineage's dense θ(T) and θ(t_rewind):
+at the end of every round each picks its next mask at IMP's per-tensor counts by its own
+criterion (``imp_methods``), and is trained from θ(t_rewind) when it asks to be.
 
-The procedure writes its result rows and masks to the store as each round ends, and its
-whole state fits in ``state_dict()`` so a checkpointed lineage continues bit for bit.
+Each round also measures, for every method, the first-layer pre-activation kurtosis at
+θ(t_rewind) ⊙ the mask that round trains; when the lineage ends, the cavity scores of every
+round are grouped by the round in which each weight was eventually removed. The procedure
+writes its result rows and artifacts to the store as each round ends, and its whole state fits
+in ``state_dict()`` so a checkpointed lineage continues bit for bit.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from lotterylab.platform import masks as mk
 from lotterylab.platform.data.dataset import ImageDataset
 from lotterylab.platform.ids import lineage_id
-from lotterylab.platform.metrics import rf_width_summary
-from lotterylab.platform.models import FCN, FIRST_LAYER, apply_masks, build_model, prunable_names
+from lotterylab.platform.imp_methods import RoundContext, sibling
+from lotterylab.platform.metrics import (
+    cavity_by_removal_round,
+    cavity_scores,
+    preactivation_kurtosis,
+    rf_width_summary,
+)
+from lotterylab.platform.models import apply_masks, build_model, first_layer_name, prunable_names
+from lotterylab.platform.seeds import derived_seed
 from lotterylab.platform.spec import ExperimentSpec
 from lotterylab.platform.store import ExperimentStore
-from lotterylab.platform.tables import ROUNDS_TABLE
+from lotterylab.platform.tables import CAVITY_TABLE, KURTOSIS_TABLE, ROUNDS_TABLE
 from lotterylab.platform.training import evaluate, train, train_with_rewind_capture
 
 IMP = "imp"
 
+# fields added to the spec after lineage ids were first pinned: left out of a lineage's
+# identity while they hold their defaults, so existing results keep their ids
+_LATER_FIELDS = {
+    "training": {
+        "momentum": 0.0,
+        "weight_decay": 0.0,
+        "epochs": None,
+        "lr_drops": [],
+        "lr_drop_factor": 0.1,
+        "augment": "none",
+    },
+    "imp": {
+        "measure_kurtosis": True,
+        "measure_cavity": True,
+        "measure_samples": 50_000,
+    },
+}
 
-def derived_seed(*parts: int | str) -> int:
-    """A 63-bit seed from the lineage seed and a purpose, stable across Python processes."""
-    text = "/".join(str(p) for p in parts)
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
+__all__ = ["IMP", "IMPLineage", "LineageConfig", "derived_seed"]
+
+
+def _identity_section(section: str, dump: dict) -> dict:
+    later = _LATER_FIELDS.get(section, {})
+    return {k: v for k, v in dump.items() if not (k in later and later[k] == v)}
 
 
 @dataclass(frozen=True)
@@ -51,8 +80,10 @@ class LineageConfig:
             "kind": self.spec.kind,
             "data": _data_identity(self.spec, self.dataset),
             "model": self.spec.model.model_dump(mode="json"),
-            "training": self.spec.training.model_dump(mode="json"),
-            "imp": self.spec.imp.model_dump(mode="json"),
+            "training": _identity_section(
+                "training", self.spec.training.model_dump(mode="json")
+            ),
+            "imp": _identity_section("imp", self.spec.imp.model_dump(mode="json")),
         }
 
     @property
@@ -70,26 +101,39 @@ def _data_identity(spec: ExperimentSpec, name: str) -> dict:
 
 
 class IMPLineage:
-    """One seed × data set: the IMP lineage and the baselines that share its dense run."""
+    """One seed × data set: the IMP lineage and the siblings that share its dense run."""
 
-    def __init__(self, config: LineageConfig, data: ImageDataset, store: ExperimentStore):
+    def __init__(
+        self,
+        config: LineageConfig,
+        data: ImageDataset,
+        store: ExperimentStore,
+        device: torch.device | None = None,
+    ):
         self.config, self.data, self.store = config, data, store
         self.spec = config.spec
+        self.imp = self.spec.imp
+        self.device = device or torch.device("cpu")
         self.id = config.lineage_id
-        self.methods = [IMP, *self.spec.imp.baselines]
+        self.methods = [IMP, *self.imp.baselines]
+        self.siblings = {name: sibling(name) for name in self.imp.baselines}
         model = self._fresh_model()
-        self.names = prunable_names(model, self.spec.imp.prune_biases, self.spec.imp.prune_output)
+        self.names = prunable_names(model, self.imp.prune_biases, self.imp.prune_output)
+        self.first_layer = first_layer_name(model)
+        # kurtosis, cavity scores and RF widths read a dense first layer on pixels (the FCN)
+        self.dense_first_layer = hasattr(model, "first_layer_inputs")
         params = dict(model.named_parameters())
         shapes = {n: params[n].shape for n in self.names}
         self.next_round = 0
         self.removal_rounds = {m: mk.new_removal_rounds(shapes) for m in self.methods}
         self.rewind_state: dict[str, torch.Tensor] | None = None
         self.dense_final: dict[str, torch.Tensor] | None = None
+        self._measure_inputs: torch.Tensor | None = None
 
     # -- state ---------------------------------------------------------------------------
     @property
     def done(self) -> bool:
-        return self.next_round > self.spec.imp.rounds
+        return self.next_round > self.imp.rounds
 
     def state_dict(self) -> dict:
         return {
@@ -112,111 +156,183 @@ class IMPLineage:
 
     # -- one round -----------------------------------------------------------------------
     def run_round(self) -> list[dict]:
-        """Train, measure and prune for round ``next_round``; write rows and masks."""
+        """Train, measure and prune for round ``next_round``; write rows and artifacts."""
         if self.done:
-            raise RuntimeError(f"lineage {self.id} has finished all {self.spec.imp.rounds} rounds")
+            raise RuntimeError(f"lineage {self.id} has finished all {self.imp.rounds} rounds")
         n = self.next_round
         if n == 0:
-            rows, imp_trained = self._dense_round()
+            start = time.perf_counter()
+            evaluation = self._dense_round()
+            elapsed = time.perf_counter() - start
+            # the dense net is every method's round 0: one training, a row per method
+            results = {m: (evaluation, self.dense_final, elapsed) for m in self.methods}
         else:
-            results = {method: self._sparse_round(method, n) for method in self.methods}
-            rows = [row for row, _ in results.values()]
-            imp_trained = results[IMP][1]
-        if n < self.spec.imp.rounds:
-            self._prune_imp(n, imp_trained)
+            results = {m: self._sparse_round(m, n) for m in self.methods}
+        rows = []
+        for method, (evaluation, _, elapsed) in results.items():
+            masks = mk.masks_after_round(self.removal_rounds[method], n - 1)
+            rows.append(self._row(method, n, masks, evaluation, elapsed))
+        if self.dense_first_layer and self.imp.measure_kurtosis:
+            self._write_kurtosis(n)
+        if n < self.imp.rounds:
+            self._prune(n, {m: trained for m, (_, trained, _) in results.items()})
         for row in rows:
             self.store.write_rows(ROUNDS_TABLE, self.id, f"round-{n:04d}-{row['method']}", [row])
         self._write_masks(n)
+        if n == self.imp.rounds and self.dense_first_layer and self.imp.measure_cavity:
+            self._write_cavity()
         self.next_round = n + 1
         return rows
 
-    def _dense_round(self) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    def _dense_round(self):
+        model = self._fresh_model().to(self.device)
+        self.rewind_state = {
+            k: v.cpu()
+            for k, v in train_with_rewind_capture(
+                model, self.data, self.spec.training, self._train_seed(IMP, 0), self.device
+            ).items()
+        }
+        params = dict(model.named_parameters())
+        self.dense_final = {n: params[n].detach().cpu().clone() for n in self.names}
+        # analyses (cavity scores, kurtosis) of any round start from θ(t_rewind)
+        self.store.write_tensors(f"lineages/{self.id}/rewind.pt", self.rewind_state)
+        return evaluate(model, self.data, self.spec.training.eval_batch_size, self.device)
+
+    def _trains(self, method: str) -> bool:
+        return method == IMP or self.siblings[method].trains(self.imp.train_baselines)
+
+    def _sparse_round(self, method: str, n: int):
+        """Evaluation, trained prunable weights (None if untrained) and wall time of a method."""
         start = time.perf_counter()
-        model = self._fresh_model()
-        self.rewind_state = train_with_rewind_capture(
+        if not self._trains(method):
+            return None, None, time.perf_counter() - start
+        masks = mk.masks_after_round(self.removal_rounds[method], n - 1)
+        model = self._rewound_model(masks)
+        train(
             model,
-            self.data.train_x,
-            self.data.train_y,
+            self.data,
             self.spec.training,
-            self._train_seed(IMP, 0),
+            self._train_seed(method, n),
+            start_step=self.spec.training.rewind_step,
+            device=self.device,
+            masks={k: v.to(self.device) for k, v in masks.items()},
         )
         params = dict(model.named_parameters())
-        self.dense_final = {n: params[n].detach().clone() for n in self.names}
-        evaluation = evaluate(model, self.data, self.spec.training.eval_batch_size)
-        masks = mk.masks_after_round(self.removal_rounds[IMP], -1)
-        elapsed = time.perf_counter() - start
-        # the dense net is every method's round 0: one training, a row per method
-        return [self._row(m, 0, masks, evaluation, elapsed) for m in self.methods], self.dense_final
+        trained = {name: params[name].detach().cpu() for name in self.names}
+        evaluation = evaluate(model, self.data, self.spec.training.eval_batch_size, self.device)
+        return evaluation, trained, time.perf_counter() - start
 
-    def _sparse_round(self, method: str, n: int) -> tuple[dict, dict[str, torch.Tensor] | None]:
-        """The row of one method in round n, and the trained prunable weights (if trained)."""
-        start = time.perf_counter()
-        if method != IMP:
-            self._extend_baseline(method, n)
-        masks = mk.masks_after_round(self.removal_rounds[method], n - 1)
-        evaluation, trained = None, None
-        if method == IMP or self.spec.imp.train_baselines:
-            model = self._rewound_model(masks)
-            train(
-                model,
-                self.data.train_x,
-                self.data.train_y,
-                self.spec.training,
-                self._train_seed(method, n),
-                start_step=self.spec.training.rewind_step,
-            )
-            params = dict(model.named_parameters())
-            trained = {name: params[name].detach() for name in self.names}
-            evaluation = evaluate(model, self.data, self.spec.training.eval_batch_size)
-        return self._row(method, n, masks, evaluation, time.perf_counter() - start), trained
-
-    def _prune_imp(self, n: int, weights: dict[str, torch.Tensor]) -> None:
-        """Remove ``fraction`` of IMP's alive weights by |θ(T)| of round n."""
+    def _prune(self, n: int, trained: dict[str, dict[str, torch.Tensor] | None]) -> None:
+        """IMP removes ``fraction`` of its alive weights by |θ(T)|; siblings match its counts."""
         alive = mk.masks_after_round(self.removal_rounds[IMP], n - 1)
-        kept = mk.magnitude_prune(weights, alive, self.spec.imp.fraction, self.spec.imp.scope)
+        kept = mk.magnitude_prune(trained[IMP], alive, self.imp.fraction, self.imp.scope)
         for name, rr in self.removal_rounds[IMP].items():
             rr[alive[name] & ~kept[name]] = n
-
-    def _extend_baseline(self, method: str, n: int) -> None:
-        """Give the baseline of round n IMP's per-tensor alive counts of round n."""
-        imp_counts = mk.alive_counts(mk.masks_after_round(self.removal_rounds[IMP], n - 1))
-        scores = self._baseline_scores(method)
-        rr = self.removal_rounds[method]
-        for name in self.names:
-            kept = mk.keep_top(
-                scores[name], torch.ones_like(rr[name], dtype=torch.bool), imp_counts[name]
+        counts = mk.alive_counts(mk.masks_after_round(self.removal_rounds[IMP], n))
+        rewind_weights = {name: self.rewind_state[name] for name in self.names}
+        for method, strategy in self.siblings.items():
+            own_alive = mk.masks_after_round(self.removal_rounds[method], n - 1)
+            context = RoundContext(
+                round=n,
+                seed=self.config.seed,
+                alive=own_alive,
+                keep_counts=counts,
+                trained=trained[method],
+                dense_final=self.dense_final,
+                rewind_weights=rewind_weights,
+                first_layer=self.first_layer,
+                first_layer_inputs=self._first_layer_inputs,
             )
-            rr[name][~kept & (rr[name] == mk.ALIVE)] = n - 1
+            own_kept = strategy.keep(context)
+            for name, rr in self.removal_rounds[method].items():
+                rr[own_alive[name] & ~own_kept[name]] = n
 
-    def _baseline_scores(self, method: str) -> dict[str, torch.Tensor]:
-        if method == "oneshot":
-            return {name: w.abs() for name, w in self.dense_final.items()}
-        generator = torch.Generator().manual_seed(derived_seed(self.config.seed, "random-mask"))
-        return {
-            name: torch.rand(w.shape, generator=generator) for name, w in self.dense_final.items()
-        }
+    # -- measurements --------------------------------------------------------------------
+    def _first_layer_inputs(self) -> torch.Tensor:
+        """What the first layer sees at θ(t_rewind): the input batch norm in eval mode.
+
+        The rewind state fixes the batch-norm statistics, so the inputs are the same for every
+        method and round of the lineage; they are computed once.
+        """
+        if self._measure_inputs is None:
+            model = self._fresh_model()
+            model.load_state_dict(self.rewind_state)
+            model = model.to(self.device).eval()
+            count = min(self.data.size("train"), self.imp.measure_samples)
+            x = self.data.batch("train", torch.arange(count)).to(self.device)
+            with torch.no_grad():
+                self._measure_inputs = model.first_layer_inputs(x)
+        return self._measure_inputs
+
+    def _rewind_first_layer(self, method: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = mk.mask_after_round(self.removal_rounds[method][self.first_layer], n - 1)
+        weight = self.rewind_state[self.first_layer] * mask
+        return weight.to(self.device), mask
+
+    def _write_kurtosis(self, n: int) -> None:
+        count = min(self.data.size("train"), self.imp.measure_samples)
+        labels = self.data.train_y[:count].to(self.device)
+        for method in self.methods:
+            weight, mask = self._rewind_first_layer(method, n)
+            kurtosis = preactivation_kurtosis(
+                weight, self._first_layer_inputs(), labels=labels, num_classes=self.data.num_classes
+            )
+            self.store.write_tensors(
+                f"lineages/{self.id}/kurtosis/{method}-round-{n:04d}.pt",
+                {"overall": kurtosis.overall, "per_class": kurtosis.per_class},
+            )
+            overall = kurtosis.overall[kurtosis.overall.isfinite()]
+            row = {
+                **self._identity_columns(method),
+                "round": n,
+                "sparsity_first_layer": 1.0 - float(mask.float().mean()),
+                "kurtosis_mean": _finite_or_none(kurtosis.mean),
+                "kurtosis_all_mean": _finite_or_none(overall.mean()) if len(overall) else None,
+                "kurtosis_median": _finite_or_none(overall.median()) if len(overall) else None,
+            }
+            self.store.write_rows(KURTOSIS_TABLE, self.id, f"round-{n:04d}-{method}", [row])
+
+    def _write_cavity(self) -> None:
+        """Fig. 5B/5C: N_W·cavity at every round, grouped by each weight's removal round."""
+        for method in self.methods:
+            fate = self.removal_rounds[method][self.first_layer]
+            rows = []
+            for n in range(self.imp.rounds + 1):
+                weight, _ = self._rewind_first_layer(method, n)
+                scores = cavity_scores(weight, self._first_layer_inputs()).cpu()
+                grouped = cavity_by_removal_round(scores, fate, n)
+                for group in grouped.groups:
+                    rows.append(
+                        {
+                            **self._identity_columns(method),
+                            "evaluated_at_round": n,
+                            "removed_at_round": group["removed_at_round"],
+                            "mean": _finite_or_none(group["mean"]),
+                            "count": group["count"],
+                            "n_alive": grouped.n_alive,
+                        }
+                    )
+            self.store.write_rows(CAVITY_TABLE, self.id, f"cavity-{method}", rows)
 
     # -- helpers -------------------------------------------------------------------------
-    def _fresh_model(self) -> FCN:
+    def _fresh_model(self) -> nn.Module:
         return build_model(
             self.spec.model,
-            self.data.input_dim,
+            self.data.image_shape,
             self.data.num_classes,
             derived_seed(self.config.seed, "init"),
         )
 
-    def _rewound_model(self, masks: dict[str, torch.Tensor]) -> FCN:
+    def _rewound_model(self, masks: dict[str, torch.Tensor]) -> nn.Module:
         model = self._fresh_model()
         model.load_state_dict(self.rewind_state)
         apply_masks(model, masks)
-        return model
+        return model.to(self.device)
 
     def _train_seed(self, method: str, n: int) -> int:
         return derived_seed(self.config.seed, "batches", method, n)
 
-    def _row(self, method, n, masks, evaluation, elapsed) -> dict:
-        overall, per_layer = mk.sparsities(masks)
-        rf = rf_width_summary(masks[FIRST_LAYER], self.data.image_shape)
+    def _identity_columns(self, method: str) -> dict:
         return {
             "experiment": self.config.experiment,
             "lineage_id": self.id,
@@ -225,19 +341,41 @@ class IMPLineage:
             "dataset": self.config.dataset,
             "model": self.spec.model.name,
             "seed": self.config.seed,
+        }
+
+    def _row(self, method, n, masks, evaluation, elapsed) -> dict:
+        overall, per_layer = mk.sparsities(masks)
+        first = self.first_layer or self.names[0]
+        row = {
+            **self._identity_columns(method),
             "round": n,
             "sparsity": overall,
-            "sparsity_first_layer": per_layer[FIRST_LAYER],
+            "sparsity_first_layer": per_layer[first],
             "layer_sparsity": per_layer,
             "train_accuracy": None if evaluation is None else evaluation.train_accuracy,
             "test_accuracy": None if evaluation is None else evaluation.test_accuracy,
-            "rf_width_median": rf.median_x,
-            "rf_width_mean": rf.mean_x,
-            "rf_width_y_median": rf.median_y,
-            "rf_width_y_mean": rf.mean_y,
-            "empty_units": rf.empty_units,
+            "rf_width_median": None,
+            "rf_width_mean": None,
+            "rf_width_y_median": None,
+            "rf_width_y_mean": None,
+            "rf_width_cross_median": None,
+            "rf_width_cross_mean": None,
+            "empty_units": None,
             "wall_time_s": elapsed,
         }
+        if self.dense_first_layer:
+            same = rf_width_summary(masks[self.first_layer], self.data.image_shape)
+            row.update(
+                rf_width_median=same.median_x,
+                rf_width_mean=same.mean_x,
+                rf_width_y_median=same.median_y,
+                rf_width_y_mean=same.mean_y,
+                empty_units=same.empty_units,
+            )
+            if self.data.image_shape[0] > 1:
+                cross = rf_width_summary(masks[self.first_layer], self.data.image_shape, "all")
+                row.update(rf_width_cross_median=cross.median_x, rf_width_cross_mean=cross.mean_x)
+        return row
 
     def _write_masks(self, n: int) -> None:
         for method in self.methods:
@@ -253,8 +391,13 @@ class IMPLineage:
                 "model": self.spec.model.name,
                 "seed": self.config.seed,
                 "image_shape": list(self.data.image_shape),
-                "first_layer": FIRST_LAYER,
+                "first_layer": self.first_layer,
                 "methods": self.methods,
                 "last_round": n,
             },
         )
+
+
+def _finite_or_none(value) -> float | None:
+    value = float(value)
+    return value if value == value and abs(value) != float("inf") else None

@@ -12,4 +12,5 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinities are refused in every numeric field: no run can use them
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)

@@ -11,6 +11,7 @@ import torch
 from ray import tune
 
 from lotterylab.platform.data.dataset import ImageDataset
+from lotterylab.platform.device import trial_device
 from lotterylab.platform.imp import IMP, IMPLineage, LineageConfig
 from lotterylab.platform.spec import ExperimentSpec
 from lotterylab.platform.store import ExperimentStore
@@ -31,7 +32,9 @@ class IMPLineageTrainable(tune.Trainable):
         torch.set_num_threads(max(1, int(spec.resources.cpu)))
         store = ExperimentStore(store_uri)
         lineage_config = LineageConfig(store.name, config["dataset"], config["seed"], spec)
-        self.lineage = IMPLineage(lineage_config, datasets[config["dataset"]], store)
+        self.lineage = IMPLineage(
+            lineage_config, datasets[config["dataset"]], store, trial_device(spec.resources.gpu)
+        )
 
     def step(self) -> dict:
         rows = self.lineage.run_round()
@@ -50,4 +53,4 @@ class IMPLineageTrainable(tune.Trainable):
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         path = os.path.join(checkpoint_dir, CHECKPOINT_FILE)
-        self.lineage.load_state_dict(torch.load(path, weights_only=True))
+        self.lineage.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
