@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from lotterylab.platform.lease import LeaseError
 from lotterylab.platform.spec import SpecError, load_spec, parse_spec
 from lotterylab.platform.store import StoreError
 
@@ -33,8 +34,47 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("--address", help="Ray cluster address; default: embedded")
 
     figures = commands.add_parser("figures", help="aggregate seeds and draw figures")
-    figures.add_argument("experiment", help="experiment URI, e.g. ./results/default")
+    figures.add_argument(
+        "experiments", nargs="+", help="experiment URI(s); several are compared in one set"
+    )
+    figures.add_argument("--out", help="where comparison figures go (default: the first's)")
+
+    branch = commands.add_parser(
+        "branch", help="sanity-check branches (reinit, shuffle, invert) of stored PaI runs"
+    )
+    branch.add_argument("experiment", help="experiment URI of the parent runs")
+    branch.add_argument("--kind", required=True, help="reinit, shuffle or invert")
+    branch.add_argument("--method", action="append", help="only these methods (repeatable)")
+    branch.add_argument(
+        "--density", action="append", type=float, help="only these densities (repeatable)"
+    )
+    branch.add_argument("--address", help="Ray cluster address; default: embedded")
+
+    data = commands.add_parser("data", help="data set tools")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    clone = data_commands.add_parser(
+        "gaussian-clone",
+        help="write the Gaussian clone of an ImageNet32-format data set in the same format",
+    )
+    clone.add_argument("source", help="folder of the source data set (ImageNet32 format)")
+    clone.add_argument("destination", help="folder for the clone")
+    clone.add_argument("--fit-limit", type=int, help="fit on at most this many images")
+    clone.add_argument("--seed", type=int, default=0, help="sampling seed")
+    clone.add_argument("--image-size", type=int, default=32, help="image side (16, 32, 64)")
     return parser
+
+
+def _grid_summary(spec) -> str:
+    grid = f"{len(spec.datasets)} data sets × {len(spec.seeds)} seeds"
+    if spec.kind == "pai":
+        from lotterylab.platform.pai import pai_grid
+
+        pai = spec.pai
+        grid += (
+            f" × {len(pai.methods)} methods × {len(pai.densities)} densities"
+            f" × rounds {pai.rounds} (single-shot methods once) = {len(pai_grid(spec))} PaI runs"
+        )
+    return grid
 
 
 def _load(path: str | None):
@@ -63,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "validate":
             spec, _ = _load(args.spec)
-            print(f"{args.spec}: valid ({len(spec.datasets)} data sets × {len(spec.seeds)} seeds)")
+            print(f"{args.spec}: valid ({_grid_summary(spec)})")
             return 0
         if args.command == "run":
             spec, text = _load(args.spec)
@@ -80,13 +120,37 @@ def main(argv: list[str] | None = None) -> int:
             from lotterylab.analysis.report import write_report
             from lotterylab.platform.store import ExperimentStore
 
-            for path in write_report(ExperimentStore(args.experiment)):
+            stores = [ExperimentStore(uri) for uri in args.experiments]
+            target = stores[0] if len(stores) == 1 else stores
+            for path in write_report(target, out=args.out):
                 print(path)
+            return 0
+        if args.command == "branch":
+            from lotterylab.cluster.launch import branch_experiment
+
+            outcome = branch_experiment(
+                args.experiment, args.kind, args.method, args.density, args.address
+            )
+            return _report(outcome)
+        if args.command == "data":
+            from lotterylab.platform.data.clone_builder import build_gaussian_clone
+
+            written = build_gaussian_clone(
+                args.source,
+                args.destination,
+                fit_limit=args.fit_limit,
+                seed=args.seed,
+                image_size=args.image_size,
+            )
+            print(f"Gaussian clone written to {args.destination} ({written})")
             return 0
     except SpecError as error:
         print(error, file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (StoreError, ValueError) as error:
+    except LeaseError as error:  # another live writer holds the experiment
+        print(f"lotterylab {args.command}: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (StoreError, ValueError, OSError) as error:
         print(f"lotterylab {args.command}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except RuntimeError as error:

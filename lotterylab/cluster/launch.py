@@ -1,4 +1,4 @@
-"""Running and resuming experiments end to end: spec → store → data → Tune → report."""
+"""Running, resuming and branching experiments end to end: spec → store → data → Tune → report."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ from dataclasses import dataclass
 from lotterylab.analysis.report import write_report
 from lotterylab.cluster.connection import connect, disconnect
 from lotterylab.platform.data.registry import build_datasets
+from lotterylab.platform.data_artifacts import write_data_artifacts
+from lotterylab.platform.ids import short_hash
+from lotterylab.platform.lease import ExperimentLease
+from lotterylab.platform.pai import BRANCHES, PaIConfig, pai_grid
 from lotterylab.platform.spec import ExperimentSpec, spec_from_text
 from lotterylab.platform.store import ExperimentStore, normalise_uri
 from lotterylab.trainables import search
@@ -43,6 +47,11 @@ def run_experiment(
     start = time.perf_counter()
     root = storage_root or spec.storage
     store = ExperimentStore(experiment_uri(root, spec.name))
+    with ExperimentLease(store):  # one live writer: a second run of the same spec is refused
+        return _start(spec, spec_text, root, store, address, start)
+
+
+def _start(spec, spec_text, root, store, address, start) -> ExperimentOutcome:
     if search.can_restore(store.uri):
         raise ExperimentError(
             f"experiment {store.uri} already exists: continue it with "
@@ -55,7 +64,8 @@ def run_experiment(
         )
     store.write_artifact(SPEC_FILE, spec_text.encode())
     store.write_json(RESOLVED_SPEC_FILE, spec.model_dump(mode="json"))
-    datasets = build_datasets(spec)
+    datasets = build_datasets(spec.datasets)
+    write_data_artifacts(spec, datasets, store)
     connect(address)
     try:
         results = search.new_tuner(spec, datasets, root, store.uri).fit()
@@ -76,6 +86,11 @@ def load_stored_spec(store: ExperimentStore) -> ExperimentSpec:
 def resume_experiment(uri: str, address: str | None = None) -> ExperimentOutcome:
     start = time.perf_counter()
     store = ExperimentStore(uri)
+    with ExperimentLease(store):
+        return _resume(store, address, start)
+
+
+def _resume(store: ExperimentStore, address: str | None, start: float) -> ExperimentOutcome:
     spec = load_stored_spec(store)
     if not search.can_restore(store.uri):
         raise ExperimentError(
@@ -83,10 +98,80 @@ def resume_experiment(uri: str, address: str | None = None) -> ExperimentOutcome
             "(the run stopped before its first state snapshot): "
             "start it again with `lotterylab run`"
         )
-    datasets = build_datasets(spec)
+    datasets = build_datasets(spec.datasets)
     connect(address)
     try:
-        results = search.restored_tuner(spec, datasets, store.uri).fit()
+        results = search.restored_tuner(spec, datasets, store.uri, store.uri).fit()
+    finally:
+        disconnect()
+    return _finish(store, results, start)
+
+
+def branch_runs(
+    spec: ExperimentSpec,
+    store: ExperimentStore,
+    branch: str,
+    methods: list[str] | None = None,
+    densities: list[float] | None = None,
+) -> list[dict]:
+    """The branch of every finished-pruning PaI run of the experiment that matches the filters."""
+    if branch not in BRANCHES:
+        raise ExperimentError(f"--kind {branch!r} is not one of {list(BRANCHES)}")
+    if spec.kind != "pai":
+        raise ExperimentError(
+            f"{store.uri} is a {spec.kind} experiment: branches apply to PaI runs "
+            "(kind: pai) in this version"
+        )
+    runs = []
+    for run in pai_grid(spec):
+        if methods and run["method"] not in methods:
+            continue
+        if densities and not any(abs(run["density"] - d) < 1e-9 for d in densities):
+            continue
+        parent = PaIConfig(experiment=spec.name, spec=spec, **run).run_id
+        if not store.exists(f"runs/{parent}/masks.pt"):
+            continue  # the parent has not pruned yet: nothing to branch from
+        runs.append({**run, "branch": branch, "parent_id": parent})
+    if not runs:
+        raise ExperimentError(
+            f"no pruned PaI run of {store.uri} matches --kind {branch} with methods "
+            f"{methods or 'any'} and densities {densities or 'any'}"
+        )
+    return runs
+
+
+def branch_experiment(
+    uri: str,
+    branch: str,
+    methods: list[str] | None = None,
+    densities: list[float] | None = None,
+    address: str | None = None,
+) -> ExperimentOutcome:
+    """Launch (or continue) sanity-check branches of stored runs without recomputing them.
+
+    The branch runs form their own Tune experiment inside the parent's folder; their rows go
+    to the parent's tables with ``branch`` and ``parent_id`` set. Calling it again with the same
+    selection continues an interrupted branch experiment.
+    """
+    start = time.perf_counter()
+    store = ExperimentStore(uri)
+    with ExperimentLease(store):
+        return _branch(store, branch, methods, densities, address, start)
+
+
+def _branch(store, branch, methods, densities, address, start) -> ExperimentOutcome:
+    spec = load_stored_spec(store)
+    runs = branch_runs(spec, store, branch, methods, densities)
+    name = f"branch-{branch}-{short_hash(runs)}"
+    datasets = build_datasets(spec.datasets)
+    connect(address)
+    try:
+        branch_uri = store.uri.rstrip("/") + "/" + name
+        if search.can_restore(branch_uri):
+            tuner = search.restored_tuner(spec, datasets, branch_uri, store.uri)
+        else:
+            tuner = search.new_tuner(spec, datasets, store.uri, store.uri, name=name, runs=runs)
+        results = tuner.fit()
     finally:
         disconnect()
     return _finish(store, results, start)

@@ -1,0 +1,68 @@
+"""The Ray Tune trainable of a PaI run: the first ``step`` prunes and trains the first epoch,
+every later ``step`` trains one more epoch.
+
+It only adapts Tune's life cycle to ``platform.pai.PaIRun``; the science stays there.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from ray import tune
+
+from lotterylab.platform.data.dataset import ImageDataset
+from lotterylab.platform.device import trial_device
+from lotterylab.platform.pai import PaIConfig, PaIRun
+from lotterylab.platform.spec import ExperimentSpec
+from lotterylab.platform.store import ExperimentStore
+
+CHECKPOINT_FILE = "run.pt"
+
+
+def pai_config(spec: ExperimentSpec, experiment: str, config: dict) -> PaIConfig:
+    return PaIConfig(
+        experiment=experiment,
+        dataset=config["dataset"],
+        seed=config["seed"],
+        method=config["method"],
+        density=config["density"],
+        rounds=config["rounds"],
+        spec=spec,
+        branch=config.get("branch", ""),
+        parent_id=config.get("parent_id"),
+    )
+
+
+class PaIRunTrainable(tune.Trainable):
+    def setup(
+        self, config: dict, spec_json: str, datasets: dict[str, ImageDataset], store_uri: str
+    ) -> None:
+        spec = ExperimentSpec.model_validate_json(spec_json)
+        torch.set_num_threads(max(1, int(spec.resources.cpu)))
+        store = ExperimentStore(store_uri)
+        device = trial_device(spec.resources.gpu)
+        run = config["run"]
+        config = pai_config(spec, store.name, run)
+        self.run = PaIRun(config, datasets[run["dataset"]], store, device)
+
+    def step(self) -> dict:
+        mask_row = self.run.prune() if not self.run.pruned else None
+        row = self.run.run_epoch()
+        result = {
+            "run_id": self.run.id,
+            "epoch": row["epoch"],
+            "test_accuracy": row["test_accuracy"],
+            "train_loss": row["train_loss"],
+            "done": self.run.done,
+        }
+        if mask_row is not None:
+            result["scoring_time_s"] = mask_row["scoring_time_s"]
+        return result
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        torch.save(self.run.state_dict(), os.path.join(checkpoint_dir, CHECKPOINT_FILE))
+
+    def load_checkpoint(self, checkpoint_dir: str) -> None:
+        path = os.path.join(checkpoint_dir, CHECKPOINT_FILE)
+        self.run.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
