@@ -26,6 +26,9 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_metrics.py
+	$(BIN)/python benchmarks/bench_cavity.py
+	$(BIN)/python benchmarks/bench_pruning.py
+	$(BIN)/python benchmarks/bench_ntk.py
 
 clean:
 	rm -rf $(VENV) results

@@ -44,3 +44,32 @@ def test_redraw_fig4_names_a_store_without_kurtosis(tmp_path):
     )
     assert result.returncode == 2
     assert f"no kurtosis rows in {empty}" in result.stderr
+
+
+def test_pai_rf_width_prints_a_width_per_method(tiny_spec_dict, write_spec):
+    from lotterylab.platform.pruning import method_names
+
+    path = write_spec(tiny_spec_dict)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "pai_rf_width.py"),
+            "--spec",
+            path,
+            "--density",
+            "0.2",
+            "--rounds",
+            "2",
+            "--seeds",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[2:]}
+    assert set(rows) == {"dense", *method_names()}
+    assert float(rows["dense"][2]) == 1.0  # the dense first layer keeps every weight
+    assert all(0 < float(v[0]) < 20 and 0 < float(v[2]) <= 1 for v in rows.values())
