@@ -6,10 +6,10 @@ calibrated on the inputs (as after training). Both methods run in this process o
 model and inputs, and their Θ and spectra are compared afterwards:
 
 * ``ntk_spectrum``: per-sample Jacobians of a chunk of samples in one ``vmap(jacrev(...))``
-  call, Θ accumulated blockwise in float64, then ``eigvalsh``. Timed with one chunk holding all
-  N samples (each Jacobian computed once; the fastest setting memory allows here) and once with
-  the library's default chunk of 16 (bounded memory, but chunk b's Jacobian is recomputed for
-  every chunk a ≤ b);
+  call, Θ accumulated blockwise in float64, then ``eigvalsh``. Timed with ``--chunk-size``
+  samples a chunk (default: all N, so each Jacobian is computed once; it fits in memory here)
+  and once with the library's default chunk of 16 (less memory, but chunk b's Jacobian is
+  recomputed for every chunk a ≤ b);
 * the reference, as in ``tests/test_ntk.py``: one forward pass per sample, one
   ``torch.autograd.grad`` call per logit, the rows stacked into J, Θ = J Jᵀ in float64, then
   ``eigvalsh``. Its Jacobian and product stages are timed separately too: the float64 product,
@@ -21,8 +21,8 @@ thread mostly waits for a core, which swamps what is measured. Peak memory is th
 (VmHWM) during each call less the RSS at its start, the peak reset before each call through
 /proc/self/clear_refs. Run from the repository root:
 
-    .venv/bin/python benchmarks/bench_ntk.py [--n 100] [--repeats 3] [--threads 1]
-        [--skip-default-chunk] [--out benchmarks/results/ntk.json]
+    .venv/bin/python benchmarks/bench_ntk.py [--n 100] [--chunk-size N] [--repeats 3]
+        [--threads 1] [--skip-default-chunk] [--out benchmarks/results/ntk.json]
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ import torch
 from pydantic import TypeAdapter
 from torch import nn
 
-from lotterylab.platform.metrics import NTK_CHUNK_SIZE, ntk_matrix, ntk_spectrum
+from lotterylab.platform.metrics import ntk_matrix, ntk_spectrum
+from lotterylab.platform.metrics.ntk import NTK_CHUNK_SIZE
 from lotterylab.platform.models import ModelSpec, build_model
 
 CLASSES = 10
@@ -171,6 +172,7 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100, help="number of random inputs")
+    parser.add_argument("--chunk-size", type=int, help="ntk_spectrum's chunk (default: n)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per method")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)"
@@ -181,6 +183,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ntk.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    chunk = args.chunk_size or args.n
 
     spec = TypeAdapter(ModelSpec).validate_python({"name": "resnet20"})
     model = build_model(spec, INPUT_SHAPE, CLASSES, 0)
@@ -205,14 +208,14 @@ def main() -> None:
     # interleaved, so that both methods see the same mix of quiet and busy moments
     fast_runs, reference_runs = [], []
     for repeat in range(args.repeats):
-        fast_runs.append(run_once(lambda: ntk_spectrum(model, None, inputs, args.n)))
+        fast_runs.append(run_once(lambda: ntk_spectrum(model, None, inputs, chunk)))
         reference_runs.append(run_once(lambda: reference_spectrum(model, inputs)))
         print(
-            f"repeat {repeat + 1}: ntk_spectrum (chunk_size={args.n}) {fast_runs[-1][0]:.1f} s, "
+            f"repeat {repeat + 1}: ntk_spectrum (chunk_size={chunk}) {fast_runs[-1][0]:.1f} s, "
             f"reference {reference_runs[-1][0]:.1f} s",
             flush=True,
         )
-    fast = summary(fast_runs) | {"chunk_size": args.n}
+    fast = summary(fast_runs) | {"chunk_size": chunk}
     reference = summary(reference_runs)
     best = min(reference_runs, key=lambda r: r[0])[3]
     reference["best_run_jacobian_s"] = best["jacobian_s"]
@@ -220,7 +223,7 @@ def main() -> None:
     eigenvalues = fast_runs[-1][3]
     del fast_runs, reference_runs
 
-    theta = ntk_matrix(model, None, inputs, args.n)
+    theta = ntk_matrix(model, None, inputs, chunk)
     report["agreement"] = {
         "theta_max_abs_difference_over_max": relative_difference(theta, best["theta"]),
         "eigenvalues_max_abs_difference_over_max": relative_difference(
@@ -238,7 +241,7 @@ def main() -> None:
     report["reference"] = reference
     report["speedup"] = reference["best_s"] / fast["best_s"]
 
-    if not args.skip_default_chunk and NTK_CHUNK_SIZE < args.n:
+    if not args.skip_default_chunk and NTK_CHUNK_SIZE != chunk:
         print(f"ntk_spectrum, chunk_size={NTK_CHUNK_SIZE} (once) ...", flush=True)
         run = run_once(lambda: ntk_spectrum(model, None, inputs, NTK_CHUNK_SIZE))
         chunked = summary([run]) | {"chunk_size": NTK_CHUNK_SIZE}

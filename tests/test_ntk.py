@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from lotterylab.platform.metrics import ntk_matrix, ntk_spectrum
+from lotterylab.platform.metrics import ntk, ntk_matrix, ntk_spectrum
 
 
 def reference_ntk(
@@ -146,6 +146,17 @@ def test_chunk_size_does_not_change_the_matrix(case: str) -> None:
         assert float((theta - thetas[0]).abs().max() / thetas[0].abs().max()) <= 1e-6
 
 
+@pytest.mark.parametrize("tile", [1, 2, 5])
+def test_product_tiles_do_not_change_the_matrix(monkeypatch: pytest.MonkeyPatch, tile: int) -> None:
+    model, inputs, masks = mlp()
+    reference = reference_ntk(model, masks, inputs)
+    monkeypatch.setattr(ntk, "PRODUCT_TILE", tile)
+    for chunk_size in (1, 3, 100):
+        theta = ntk_matrix(model, masks, inputs, chunk_size=chunk_size)
+        assert_close(theta, reference)
+        assert torch.equal(theta, theta.T)
+
+
 def test_masking_a_whole_layer_removes_its_contribution() -> None:
     # as IMP stores them, the pruned weights are already zero: masking them then leaves the
     # forward pass, and so every other tensor's Jacobian, unchanged
@@ -189,6 +200,12 @@ def test_dict_output_uses_out_flattened_per_sample() -> None:
     theta = ntk_matrix(model, None, inputs, chunk_size=2)
     assert theta.shape == (3 * 2 * 4 * 4,) * 2
     assert_close(theta, reference_ntk(model, {}, inputs))
+
+
+def test_everything_pruned_gives_zero() -> None:
+    model, inputs, _ = mlp()
+    masks = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
+    assert torch.equal(ntk_matrix(model, masks, inputs), torch.zeros(21, 21, dtype=torch.float64))
 
 
 def test_rejects_bad_masks() -> None:

@@ -18,7 +18,7 @@ from lotterylab.platform.metrics.kurtosis import (
     PreactivationKurtosis,
     preactivation_kurtosis,
 )
-from lotterylab.platform.metrics.ntk import NTK_CHUNK_SIZE, ntk_matrix, ntk_spectrum
+from lotterylab.platform.metrics.ntk import ntk_matrix, ntk_spectrum
 from lotterylab.platform.metrics.rf import (
     CHANNEL_MODES,
     FIT_ITERATIONS,
@@ -37,7 +37,6 @@ __all__ = [
     "FIT_ITERATIONS",
     "KURTOSIS_CHUNK_SIZE",
     "MIN_REMAINING_VARIANCE",
-    "NTK_CHUNK_SIZE",
     "SIGMA_MAX_PER_PIXEL",
     "SIGMA_MIN",
     "CavityByRound",

@@ -8,13 +8,14 @@ tensor's Jacobian entries outside the mask, which is the same as leaving those c
 Tensors without a mask (biases, batch-norm affine) count in full.
 
 J itself is never held for all samples: for N·K rows and P weights that is N·K·P floats (about
-1 GB for ResNet-20 on 100 CIFAR images). Samples are taken in chunks of ``chunk_size``; for each
-pair of chunks (a, b), b ≥ a, the per-sample Jacobians of both are computed with
-``vmap(jacrev(...))`` and the block Θ[a, b] is accumulated as Σ_p J_a,p J_b,pᵀ in float64, one
-parameter tensor at a time. Peak memory beyond Θ itself (N·K × N·K float64) is therefore about
-two chunks' Jacobians, 2 · chunk_size · K · P floats, plus one chunk's backward pass and one
-parameter tensor's float64 copy. The price is recomputing chunk b's Jacobian for every a ≤ b:
-n(n+1)/2 Jacobian evaluations for n chunks, so a chunk as large as memory allows is fastest.
+1 GB in float32 for ResNet-20 on 100 CIFAR images). Samples are taken in chunks of
+``chunk_size``; for each pair of chunks (a, b), b ≥ a, the per-sample Jacobians of both are
+computed with ``vmap(jacrev(...))`` and the block Θ[a, b] is accumulated in float64 as
+Σ_p J_a,p J_b,pᵀ, one parameter tensor at a time. Beyond Θ itself (N·K × N·K float64), peak
+memory is two chunks' Jacobians in float64, 2 · chunk_size · K · P · 8 bytes, plus one chunk's
+vmapped backward pass (chunk_size · K cotangents) and its Jacobian in the model's dtype. The
+price is recomputing chunk b's Jacobian for every a ≤ b: n(n+1)/2 Jacobian evaluations for n
+chunks, so fewer, larger chunks are faster as long as they fit.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 NTK_CHUNK_SIZE = 16
+PRODUCT_TILE = 160  # rows of Θ per GEMM; smaller tiles skip more of the lower triangle
 
 
 def ntk_matrix(
@@ -64,6 +66,11 @@ def ntk_matrix(
     flags = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
+        if not alive:  # everything pruned: J has no columns
+            with torch.no_grad():
+                out = functional_call(model, fixed, (inputs[:1],))
+            k = (out["out"] if isinstance(out, Mapping) else out).numel()
+            return torch.zeros(len(inputs) * k, len(inputs) * k, dtype=torch.float64, device=device)
         jacobian = _per_sample_jacobian(model, alive, fixed, float_masks)
         return _accumulate(jacobian, inputs.split(chunk_size))
     finally:
@@ -133,7 +140,7 @@ def _per_sample_jacobian(
 def _accumulate(
     jacobian: Callable[[torch.Tensor], list[torch.Tensor]], chunks: tuple[torch.Tensor, ...]
 ) -> torch.Tensor:
-    """Θ from its upper blocks Σ_p J_a,p J_b,pᵀ (b ≥ a), mirrored into the lower ones."""
+    """Θ from its blocks Σ_p J_a,p J_b,pᵀ with b ≥ a, each mirrored into Θ[b, a]."""
     bounds = torch.tensor([0] + [len(c) for c in chunks]).cumsum(0).tolist()
     theta: torch.Tensor | None = None
     for a, chunk_a in enumerate(chunks):
@@ -143,16 +150,35 @@ def _accumulate(
             theta = torch.zeros(
                 bounds[-1] * k, bounds[-1] * k, dtype=torch.float64, device=jac_a[0].device
             )
-        rows = slice(bounds[a] * k, bounds[a + 1] * k)
         for b in range(a, len(chunks)):
-            jac_b = jac_a if b == a else jacobian(chunks[b])
-            cols = slice(bounds[b] * k, bounds[b + 1] * k)
-            block = theta[rows, cols]
-            for ja, jb in zip(jac_a, jac_b, strict=True):
-                block.addmm_(ja, jb.T.double())
-            if b == a:
-                block.copy_((block + block.T) / 2)  # rounding may leave it slightly asymmetric
-            else:
-                theta[cols, rows] = block.T
+            jac_b = jac_a if b == a else [j.double() for j in jacobian(chunks[b])]
+            _add_block(theta, jac_a, jac_b, bounds[a] * k, bounds[b] * k, diagonal=b == a)
     assert theta is not None
     return theta
+
+
+def _add_block(
+    theta: torch.Tensor,
+    jac_a: list[torch.Tensor],
+    jac_b: list[torch.Tensor],
+    row: int,
+    col: int,
+    diagonal: bool,
+) -> None:
+    """Θ[a, b] = Σ_p J_a,p J_b,pᵀ at (``row``, ``col``), and its transpose at (``col``, ``row``).
+
+    Worked in tiles of ``PRODUCT_TILE`` rows so that a diagonal block, symmetric, costs only
+    its tiles on and above the diagonal: this product is most of the time for large N·K.
+    """
+    rows, cols = jac_a[0].shape[0], jac_b[0].shape[0]
+    for i in range(0, rows, PRODUCT_TILE):
+        for j in range(i if diagonal else 0, cols, PRODUCT_TILE):
+            r = slice(row + i, row + min(i + PRODUCT_TILE, rows))
+            c = slice(col + j, col + min(j + PRODUCT_TILE, cols))
+            tile = theta[r, c]
+            for ja, jb in zip(jac_a, jac_b, strict=True):
+                tile.addmm_(ja[i : i + PRODUCT_TILE], jb[j : j + PRODUCT_TILE].T)
+            if diagonal and i == j:
+                tile.copy_((tile + tile.T) / 2)  # rounding may leave it slightly asymmetric
+            else:
+                theta[c, r] = tile.T
