@@ -256,3 +256,24 @@ def test_a_second_run_of_a_held_experiment_is_refused_naming_the_holder(
         assert "alice@a" in error
         assert main(["resume", str(tmp_path / "results" / "tiny")]) == 2
     assert not (tmp_path / "results" / "tiny" / "spec.yaml").exists()  # nothing written
+
+
+def test_a_lease_left_by_a_dead_process_on_this_host_is_free_at_once(tmp_path):
+    import getpass
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    holder = f"{getpass.getuser()}@{socket.gethostname()}:{dead.pid}"
+    uri = str(tmp_path / "exp")
+    write_lease(uri, stale_info(holder, expired_s_ago=-50))  # 50 s of validity left
+    with lease(uri, "bob@b") as taken:
+        assert taken.held
+    alive = f"{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}"
+    write_lease(uri, stale_info(alive, expired_s_ago=-50))
+    with pytest.raises(LeaseHeldError):
+        lease(uri, "bob@b").acquire()
+    other_host = f"{getpass.getuser()}@elsewhere.example:{dead.pid}"
+    write_lease(uri, stale_info(other_host, expired_s_ago=-50))
+    with pytest.raises(LeaseHeldError):
+        lease(uri, "bob@b").acquire()

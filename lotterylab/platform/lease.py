@@ -91,6 +91,24 @@ def default_holder() -> str:
     return f"{user}@{socket.gethostname()}:{os.getpid()}"
 
 
+def holder_gone(holder: str) -> bool:
+    """True when ``holder`` (``user@host:pid``) ran on this host and its process has exited.
+
+    A driver killed with SIGKILL cannot release its lease; on the same host its death is
+    certain at once, so ``resume`` need not wait for the lease to expire.
+    """
+    host, _, pid = holder.rpartition("@")[2].rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def default_command() -> str:
     """The command line of this process, as a user would type it."""
     return shlex.join([posixpath.basename(sys.argv[0] or "python"), *sys.argv[1:]])
@@ -376,10 +394,10 @@ class ExperimentLease:
         info, version = current
         if info.token == token:
             return True  # our create landed and only its reply was lost
-        if not info.expired():
+        if not info.expired() and not holder_gone(info.holder):
             raise LeaseHeldError(self.uri, info)
         log.warning(
-            "taking over the expired lease of %s on %s (expired %s)",
+            "taking over the expired or orphaned lease of %s on %s (expires %s)",
             info.holder,
             self.uri,
             info.expires,
