@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 import torch
 from pydantic import TypeAdapter, ValidationError
 
 from lotterylab.platform.models import (
     FCN,
+    MODELS,
+    FCNModel,
     ModelSpec,
     apply_masks,
     build_model,
     first_layer_name,
     glorot_,
     model_names,
+    model_task,
     output_layer_name,
     prunable_names,
 )
@@ -32,6 +37,40 @@ def test_fcn_weights_are_glorot_from_the_seeds_generator():
     glorot_(expected, "glorot_normal", generator)
     assert torch.equal(model.layers[0].weight, expected)
     assert torch.equal(model.layers[0].bias, torch.zeros(5))
+    flat = build_model(FCNModel(hidden=[5]), 16, 3, 7)  # older callers pass a flat input width
+    assert all(torch.equal(v, flat.state_dict()[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="image shape"):
+        build_model(SPEC.validate_python({"name": "resnet20"}), 16, 3, 7)
+
+
+def test_fcn_prunable_names_keep_the_layer_order_and_flags():
+    model = build("fcn", (1, 4, 4), classes=3, hidden=[5, 4])
+    assert prunable_names(model, prune_biases=False, prune_output=False) == [
+        "layers.0.weight",
+        "layers.1.weight",
+    ]
+    assert prunable_names(model, prune_biases=True, prune_output=True) == [
+        "layers.0.weight",
+        "layers.0.bias",
+        "layers.1.weight",
+        "layers.1.bias",
+        "layers.2.weight",
+        "layers.2.bias",
+    ]
+    assert first_layer_name(model) == "layers.0.weight"
+    assert output_layer_name(model) == "layers.2.weight"
+    no_bias = build("fcn", (1, 4, 4), classes=3, hidden=[5], bias=False)
+    assert prunable_names(no_bias, prune_biases=True) == ["layers.0.weight", "layers.1.weight"]
+
+
+def test_registry_entries_match_the_spec_union():
+    assert set(get_args(get_args(ModelSpec)[0])) == {entry.spec for entry in MODELS.values()}
+    for name, entry in MODELS.items():
+        spec = SPEC.validate_python({"name": name})
+        assert type(spec) is entry.spec and model_task(spec) == entry.task
+        for field, info in entry.spec.model_fields.items():
+            assert info.description, f"{name}.{field} has no description"
+    assert model_task(SPEC.validate_python({"name": "deeplabv3_resnet50"})) == "segmentation"
 
 
 def test_fcn_first_layer_inputs_are_the_eval_batch_norm_and_change_nothing():
@@ -65,7 +104,9 @@ def test_resnet20_has_openlths_parameter_count():
     "name, shape",
     [
         ("fcn", (3, 8, 8)),
+        ("fcn", (3, 32, 32)),
         ("resnet20", (3, 8, 8)),
+        ("resnet20", (3, 32, 32)),
         ("vgg16_bn", (3, 8, 8)),
         ("vgg16_bn", (3, 32, 32)),
         ("resnet18", (3, 16, 16)),
@@ -77,15 +118,26 @@ def test_models_are_deterministic_for_a_seed_and_run(name, shape):
     other = [torch.equal(a.state_dict()[k], c.state_dict()[k]) for k in a.state_dict()]
     assert all(same) and not all(other)
     a.eval()
-    assert a(torch.randn(2, *shape)).shape == (2, 10)
+    with torch.no_grad():
+        assert a(torch.randn(2, *shape)).shape == (2, 10)
+
+
+def test_vgg_pools_stop_at_one_pixel():
+    model = build("vgg16_bn", (3, 8, 8)).eval()
+    with torch.no_grad():
+        assert model.features(torch.randn(1, 3, 8, 8)).shape == (1, 512, 1, 1)
+        assert model.features(torch.randn(1, 3, 32, 32)).shape == (1, 512, 1, 1)
 
 
 def test_torchvision_models_build_without_weights_and_run():
     resnet = build("resnet50", (3, 32, 32), classes=7).eval()
-    assert resnet(torch.randn(2, 3, 32, 32)).shape == (2, 7)
     deeplab = build("deeplabv3_resnet50", (3, 32, 32), classes=21).eval()
     with torch.no_grad():
+        assert resnet(torch.randn(2, 3, 32, 32)).shape == (2, 7)
         assert deeplab(torch.randn(2, 3, 32, 32))["out"].shape == (2, 21, 32, 32)
+    assert (first_layer_name(resnet), output_layer_name(resnet)) == ("conv1.weight", "fc.weight")
+    assert output_layer_name(deeplab) == "classifier.4.weight"
+    assert prunable_names(deeplab)[0] == "backbone.conv1.weight"
 
 
 def test_apply_masks_zeroes_pruned_weights_and_checks_names_and_shapes():

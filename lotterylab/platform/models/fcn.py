@@ -23,7 +23,7 @@ FIRST_LAYER = "layers.0.weight"
 class FCNModel(Strict):
     """Pellegrini & Biroli's fully connected net: [batch norm →] dense → ReLU, then dense."""
 
-    name: Literal["fcn"] = "fcn"
+    name: Literal["fcn"] = Field("fcn", description="model name in the registry")
     hidden: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = Field(
         [1024, 1024], description="widths of the hidden layers"
     )
@@ -80,7 +80,6 @@ class FCN(nn.Module):
                 x = F.relu(x)
         return x
 
-
     def first_layer_inputs(self, x: torch.Tensor) -> torch.Tensor:
         """What the first dense layer sees in eval mode: the input batch norm's running stats.
 
@@ -97,6 +96,7 @@ class FCN(nn.Module):
 
 
 def glorot_(weight: torch.Tensor, kind: str, generator: torch.Generator) -> None:
+    """Glorot init from an explicit generator, so a seed fixes the weights whatever else ran."""
     fan_out, fan_in = weight.shape
     with torch.no_grad():
         if kind == "glorot_normal":

@@ -25,13 +25,20 @@ from lotterylab.platform.schema import Strict
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """A spec class, its builder ``(spec, image_shape, num_classes[, seed])`` and its task.
+
+    ``seeded`` builders take the seed and draw from their own generator; the others draw from
+    the global generator, which ``build_model`` seeds inside a forked RNG state.
+    """
+
     spec: type[Strict]
     build: Callable[..., nn.Module]
     task: Literal["classification", "segmentation"] = "classification"
+    seeded: bool = False
 
 
 MODELS: dict[str, ModelEntry] = {
-    "fcn": ModelEntry(FCNModel, build_fcn),
+    "fcn": ModelEntry(FCNModel, build_fcn, seeded=True),  # bit-compatible with old lineages
     "resnet20": ModelEntry(ResNet20Model, build_resnet20),
     "vgg16_bn": ModelEntry(VGG16Model, build_vgg16),
     "resnet18": ModelEntry(ResNet18Model, build_resnet18),
@@ -46,10 +53,12 @@ ModelSpec = Annotated[
 
 
 def model_names() -> list[str]:
+    """The registered model names, as a spec's ``name`` takes them."""
     return list(MODELS)
 
 
 def model_task(spec: Strict) -> str:
+    """``"classification"`` or ``"segmentation"``: which data and metrics a model needs."""
     return MODELS[spec.name].task
 
 
@@ -61,10 +70,12 @@ def build_model(
     An int ``image_shape`` is a flat input width (FCN only), as older callers pass it.
     """
     if isinstance(image_shape, int):
+        if spec.name != "fcn":
+            raise ValueError(f"model {spec.name} needs an image shape (C, H, W), got {image_shape}")
         image_shape = (1, 1, image_shape)
     image_shape = tuple(image_shape)
     entry = MODELS[spec.name]
-    if spec.name == "fcn":  # seeds its own generator, bit-compatible with earlier lineages
+    if entry.seeded:
         return entry.build(spec, image_shape, num_classes, seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -16,7 +16,9 @@ from lotterylab.platform.schema import Strict
 
 
 class ResNet20Model(Strict):
-    name: Literal["resnet20"]
+    """OpenLTH's CIFAR ResNet-20 (``cifar_resnet_20``); ``width`` 16 is the standard net."""
+
+    name: Literal["resnet20"] = Field(description="model name in the registry")
     width: Annotated[int, Field(ge=1)] = Field(16, description="channels of the first stage")
 
 

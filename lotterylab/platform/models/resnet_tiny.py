@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from lotterylab.platform.models.resnet_cifar import BasicBlock, kaiming_init_
@@ -16,7 +17,9 @@ from lotterylab.platform.schema import Strict
 
 
 class ResNet18Model(Strict):
-    name: Literal["resnet18"]
+    """ResNet-18 with a CIFAR-style stem, for 64×64 Tiny-ImageNet."""
+
+    name: Literal["resnet18"] = Field(description="model name in the registry")
 
 
 class ResNet18(nn.Module):

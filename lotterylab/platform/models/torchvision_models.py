@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
 from torch import nn
 from torchvision.models import resnet50
 from torchvision.models.segmentation import deeplabv3_resnet50
@@ -13,11 +14,15 @@ from lotterylab.platform.schema import Strict
 
 
 class ResNet50Model(Strict):
-    name: Literal["resnet50"]
+    """torchvision's ImageNet ResNet-50, randomly initialised."""
+
+    name: Literal["resnet50"] = Field(description="model name in the registry")
 
 
 class DeepLabV3Model(Strict):
-    name: Literal["deeplabv3_resnet50"]
+    """torchvision's DeepLabV3 on a ResNet-50 backbone, no auxiliary head: a segmentation net."""
+
+    name: Literal["deeplabv3_resnet50"] = Field(description="model name in the registry")
 
 
 def _check_rgb(image_shape, name: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from lotterylab.platform.models.resnet_cifar import kaiming_init_
@@ -18,7 +19,9 @@ CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 51
 
 
 class VGG16Model(Strict):
-    name: Literal["vgg16_bn"]
+    """VGG-16 with batch norm, global average pooling and one linear classifier."""
+
+    name: Literal["vgg16_bn"] = Field(description="model name in the registry")
 
 
 class Pool(nn.Module):
