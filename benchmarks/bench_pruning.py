@@ -324,7 +324,7 @@ def main():
         "grid": GRID,
         "models": [
             grid_table("vgg16_bn", "vgg16_bn", (3, 32, 32), 100, 8 if args.quick else 16),
-            grid_table("resnet18_tiny", "resnet18_tiny", (3, 64, 64), 200, 8 if args.quick else 16),
+            grid_table("resnet18", "resnet18", (3, 64, 64), 200, 8 if args.quick else 16),
             grid_table("resnet50", "resnet50", (3, 64, 64), 1000, 8),
         ],
     }
