@@ -78,7 +78,26 @@ def dataset_columns(spec: dict) -> dict[str, dict[str, Any]]:
     return out
 
 
-class Experiment:
+class NamedTables:
+    """The result tables by name, for one experiment or a set (both define ``table``)."""
+
+    def rounds(self) -> pd.DataFrame:
+        return self.table(ROUNDS_TABLE)
+
+    def kurtosis(self) -> pd.DataFrame:
+        return self.table(KURTOSIS_TABLE)
+
+    def cavity(self) -> pd.DataFrame:
+        return self.table(CAVITY_TABLE)
+
+    def pai_epochs(self) -> pd.DataFrame:
+        return self.table(PAI_EPOCHS_TABLE)
+
+    def pai_masks(self) -> pd.DataFrame:
+        return self.table(PAI_MASKS_TABLE)
+
+
+class Experiment(NamedTables):
     """One experiment's store, read-only: its spec, result tables and artifacts."""
 
     def __init__(self, store: ExperimentStore):
@@ -146,21 +165,6 @@ class Experiment:
         if not columns:
             return frame
         return pd.concat([frame, pd.DataFrame(columns, index=frame.index)], axis=1)
-
-    def rounds(self) -> pd.DataFrame:
-        return self.table(ROUNDS_TABLE)
-
-    def kurtosis(self) -> pd.DataFrame:
-        return self.table(KURTOSIS_TABLE)
-
-    def cavity(self) -> pd.DataFrame:
-        return self.table(CAVITY_TABLE)
-
-    def pai_epochs(self) -> pd.DataFrame:
-        return self.table(PAI_EPOCHS_TABLE)
-
-    def pai_masks(self) -> pd.DataFrame:
-        return self.table(PAI_MASKS_TABLE)
 
     # -- artifacts -----------------------------------------------------------------------
     def _json(self, rel: str, what: str) -> Any:
@@ -238,7 +242,7 @@ class Experiment:
         return self._tensors(f"runs/{run_id}/masks.pt", f"masks of PaI run {run_id!r}")
 
 
-class ExperimentSet:
+class ExperimentSet(NamedTables):
     """Several experiments read as one: tables concatenated, labelled by ``experiment``."""
 
     def __init__(self, experiments: Sequence[Experiment]):
@@ -268,21 +272,6 @@ class ExperimentSet:
             for e, label in zip(self.experiments, self.labels, strict=True)
         ]
         return pd.concat(frames, ignore_index=True, sort=False)
-
-    def rounds(self) -> pd.DataFrame:
-        return self.table(ROUNDS_TABLE)
-
-    def kurtosis(self) -> pd.DataFrame:
-        return self.table(KURTOSIS_TABLE)
-
-    def cavity(self) -> pd.DataFrame:
-        return self.table(CAVITY_TABLE)
-
-    def pai_epochs(self) -> pd.DataFrame:
-        return self.table(PAI_EPOCHS_TABLE)
-
-    def pai_masks(self) -> pd.DataFrame:
-        return self.table(PAI_MASKS_TABLE)
 
 
 def unique_labels(names: Iterable[str]) -> list[str]:
