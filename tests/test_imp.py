@@ -97,6 +97,8 @@ def test_rows_streamed_per_round_with_values(tiny_spec_dict, tmp_path):
 
 
 def test_masks_are_enforced_during_training(tiny_spec_dict, tmp_path):
+    # momentum and weight decay are what could revive a pruned weight
+    tiny_spec_dict["training"].update(momentum=0.9, weight_decay=1e-3)
     lineage, _ = make_lineage(tiny_spec_dict, tmp_path)
     lineage.run_round()
     masks = mk.masks_after_round(lineage.removal_rounds[IMP], 0)
@@ -105,7 +107,7 @@ def test_masks_are_enforced_during_training(tiny_spec_dict, tmp_path):
     assert all(bool((weights[n][~m] == 0).all()) for n, m in masks.items())
     from lotterylab.platform.training import train
 
-    train(model, lineage.data, lineage.spec.training, seed=3)
+    train(model, lineage.data, lineage.spec.training, seed=3, masks=masks)
     weights = dict(model.named_parameters())
     for name, mask in masks.items():
         assert bool((weights[name][~mask] == 0).all())

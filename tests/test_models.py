@@ -151,8 +151,23 @@ def test_apply_masks_zeroes_pruned_weights_and_checks_names_and_shapes():
         apply_masks(model, {"nope.weight": torch.ones(3, dtype=torch.bool)})
     fcn = build("fcn", (1, 4, 4), classes=3, hidden=[5])
     assert isinstance(fcn, FCN)
+    second = fcn.layers[1].weight.detach().clone()
     apply_masks(fcn, {"layers.0.weight": torch.zeros(5, 16, dtype=torch.bool)})
-    assert not fcn.layers[0].weight_mask.any() and fcn.layers[1].weight_mask.all()
+    assert not fcn.layers[0].weight.any() and torch.equal(fcn.layers[1].weight, second)
+
+
+def test_fcn_loads_states_saved_with_mask_buffers():
+    saved = build("fcn", (1, 4, 4), classes=3, hidden=[5]).state_dict()
+    legacy = {
+        **saved,
+        "layers.0.weight_mask": torch.ones(5, 16, dtype=torch.bool),
+        "layers.0.bias_mask": torch.ones(5, dtype=torch.bool),
+    }
+    fresh = build("fcn", (1, 4, 4), classes=3, hidden=[5])
+    with torch.no_grad():
+        fresh.layers[0].weight.zero_()
+    fresh.load_state_dict(legacy)
+    assert torch.equal(fresh.layers[0].weight, saved["layers.0.weight"])
 
 
 def test_unknown_model_names_list_the_registry():

@@ -2,8 +2,8 @@
 
 The batch order and the augmentations come from their own generator, so a training run depends
 only on its start state, its mask and that seed: a resumed lineage replays a round exactly and a
-resumed PaI run replays an epoch exactly. Masks stay enforced: the FCN multiplies them in its
-forward pass, every other model has its pruned weights zeroed again after each step.
+resumed PaI run replays an epoch exactly. Masks stay enforced the same way for every model:
+the pruned weights are zeroed again after each optimiser step.
 """
 
 from __future__ import annotations
@@ -94,13 +94,20 @@ def logits_of(output: object) -> torch.Tensor:
     return output["out"] if isinstance(output, Mapping) else output
 
 
-def enforce_masks(model: nn.Module, masks: Mapping[str, torch.Tensor] | None) -> None:
-    """Zero the pruned weights again (momentum and weight decay must not revive them)."""
-    if not masks:
-        return
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        torch._foreach_mul_([params[n] for n in masks], [masks[n] for n in masks])
+class MaskEnforcer:
+    """Zeroes the pruned weights after each optimiser step, so gradients, momentum and weight
+    decay never revive one; the masks are cast to the weights' dtype and device once."""
+
+    def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor] | None):
+        params = dict(model.named_parameters())
+        names = list(masks or {})
+        self.weights = [params[n] for n in names]
+        self.masks = [masks[n].to(params[n].device, params[n].dtype) for n in names]
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        if self.weights:
+            torch._foreach_mul_(self.weights, self.masks)
 
 
 class BatchSource:
@@ -136,6 +143,7 @@ def run_steps(
 ) -> float:
     """One optimiser step per row of ``batches``; returns the mean training loss."""
     model.train()
+    enforce_masks = MaskEnforcer(model, masks)
     total = torch.zeros((), device=source.device)
     current_rate = None
     for offset, idx in enumerate(batches):
@@ -151,7 +159,7 @@ def run_steps(
         loss = loss_of(model, x, y)
         loss.backward()
         optimizer.step()
-        enforce_masks(model, masks)
+        enforce_masks()
         total += loss.detach()
     return float(total) / max(1, len(batches))
 

@@ -4,7 +4,6 @@ from lotterylab.platform.models.fcn import (
     FCN,
     FIRST_LAYER,
     FCNModel,
-    MaskedLinear,
     build_fcn,
     glorot_,
 )
@@ -27,7 +26,6 @@ __all__ = [
     "FIRST_LAYER",
     "MODELS",
     "FCNModel",
-    "MaskedLinear",
     "ModelSpec",
     "apply_masks",
     "build_fcn",

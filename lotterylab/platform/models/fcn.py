@@ -1,8 +1,10 @@
-"""Pellegrini & Biroli's fully connected net, whose dense layers carry their masks.
+"""Pellegrini & Biroli's fully connected net, built from stock layers.
 
-A mask acts twice: the forward pass multiplies each prunable tensor by its mask (so a pruned
-weight gets no gradient), and ``apply_masks`` zeroes the stored weights (so a rewound or
-loaded state cannot revive one).
+Masks live outside the model, as for every other architecture: ``apply_masks`` zeroes the
+pruned stored weights and the training loop zeroes them again after each optimiser step. A
+forward-pass multiply by a mask buffer would cost two extra passes over every weight per step
+(forward and backward) and change nothing: a weight that is zero before a step gets a gradient
+but is zeroed again after it, and the unpruned weights see the same forward pass.
 """
 
 from __future__ import annotations
@@ -34,22 +36,6 @@ class FCNModel(Strict):
     bias: bool = Field(True, description="whether dense layers have biases")
 
 
-class MaskedLinear(nn.Linear):
-    """A linear layer with boolean ``weight_mask`` / ``bias_mask`` buffers (all ones = dense)."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True):
-        super().__init__(in_features, out_features, bias=bias)
-        self.register_buffer("weight_mask", torch.ones_like(self.weight, dtype=torch.bool))
-        if bias:
-            self.register_buffer("bias_mask", torch.ones_like(self.bias, dtype=torch.bool))
-        else:
-            self.bias_mask = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias * self.bias_mask
-        return F.linear(x, self.weight * self.weight_mask, bias)
-
-
 class FCN(nn.Module):
     """Pellegrini & Biroli's FCN: [batch norm →] dense → ReLU per hidden layer, then dense."""
 
@@ -64,10 +50,11 @@ class FCN(nn.Module):
         super().__init__()
         dims = [input_dim, *hidden, num_classes]
         self.layers = nn.ModuleList(
-            MaskedLinear(d_in, d_out, bias=bias)
+            nn.Linear(d_in, d_out, bias=bias)
             for d_in, d_out in zip(dims[:-1], dims[1:], strict=True)
         )
         self.norms = nn.ModuleList(nn.BatchNorm1d(d) for d in dims[:-1]) if batch_norm else None
+        self.register_load_state_dict_pre_hook(_drop_mask_buffers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
@@ -93,6 +80,12 @@ class FCN(nn.Module):
         return F.batch_norm(
             x, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps
         )
+
+
+def _drop_mask_buffers(module, state_dict, prefix, *args) -> None:
+    """States saved when the dense layers carried ``weight_mask`` buffers still load."""
+    for key in [k for k in state_dict if k.endswith(("weight_mask", "bias_mask"))]:
+        del state_dict[key]
 
 
 def glorot_(weight: torch.Tensor, kind: str, generator: torch.Generator) -> None:

@@ -61,11 +61,7 @@ def prunable_names(
 
 
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-    """Zero the pruned stored weights; layers with mask buffers get their masks installed.
-
-    A layer that multiplies by its own ``weight_mask`` / ``bias_mask`` buffer in the forward
-    pass (the FCN's) is made dense where ``masks`` names none of its tensors.
-    """
+    """Zero the pruned stored weights; training keeps them at zero after every step."""
     params = dict(model.named_parameters())
     unknown = sorted(set(masks) - set(params))
     if unknown:
@@ -81,10 +77,3 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
                     f"the tensor has {tuple(params[name].shape)}"
                 )
             params[name].mul_(mask.to(params[name].device, params[name].dtype))
-        for prefix, module in model.named_modules():
-            for kind in ("weight", "bias"):
-                buffer = getattr(module, f"{kind}_mask", None)
-                if not isinstance(buffer, torch.Tensor):
-                    continue
-                mask = masks.get(_join(prefix, kind))
-                buffer.copy_(torch.ones_like(buffer) if mask is None else mask.bool())
