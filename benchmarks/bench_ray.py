@@ -1,0 +1,127 @@
+"""What running through Ray Tune costs, and how the default experiment scales with CPUs.
+
+* Overhead: one lineage of the default experiment (``nlgp``, seed 0) run directly in this
+  process (``IMPLineage.run_round`` until done, one torch thread as in a 1-CPU trial) against
+  the same lineage as the only trial of a Tune experiment. Ray's start-up is timed apart from
+  the Tune run: it is paid once per driver, not per trial. The data sets reach the trials once,
+  as one object-store put of ``tune.with_parameters``; its size is recorded.
+* Scaling: the default experiment (6 lineages) end to end with Ray given 1 and then 2 CPUs.
+
+Run from the repository root (the full run takes about 15 minutes on a 2-core machine):
+
+    .venv/bin/python benchmarks/bench_ray.py [--steps N] [--skip-scaling]
+        [--out benchmarks/results/ray.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import torch
+from common import environment
+
+from lotterylab.cluster.launch import run_experiment
+from lotterylab.platform.data.registry import build_datasets
+from lotterylab.platform.imp import IMPLineage, LineageConfig
+from lotterylab.platform.spec import load_spec, parse_spec
+from lotterylab.platform.store import ExperimentStore
+from lotterylab.trainables import search
+
+DEFAULT_SPEC = Path("experiments/default.yaml")
+
+
+def one_lineage_spec(steps: int | None):
+    spec, _ = load_spec(DEFAULT_SPEC)
+    data = spec.model_dump(mode="json")
+    data["datasets"] = [d for d in data["datasets"] if d["name"] == "nlgp"]
+    data["seeds"] = [0]
+    if steps:
+        data["training"]["steps"] = steps
+    return parse_spec(data, "one lineage of the default experiment")
+
+
+def direct(spec, datasets, root: str) -> float:
+    torch.set_num_threads(1)
+    store = ExperimentStore(f"{root}/{spec.name}")
+    lineage = IMPLineage(LineageConfig(spec.name, "nlgp", 0, spec), datasets["nlgp"], store)
+    start = time.perf_counter()
+    while not lineage.done:
+        lineage.run_round()
+    return time.perf_counter() - start
+
+
+def through_tune(spec, datasets, root: str) -> dict:
+    start = time.perf_counter()
+    ray.init(num_cpus=1, include_dashboard=False, address="local", logging_level="ERROR")
+    started = time.perf_counter()
+    uri = f"{root}/{spec.name}"
+    results = search.new_tuner(spec, datasets, root, uri).fit()
+    finished = time.perf_counter()
+    ray.shutdown()
+    errors = [str(r.error) for r in results if r.error is not None]
+    if errors:
+        raise RuntimeError(f"the Tune run failed: {errors}")
+    return {"ray_start_s": started - start, "tune_fit_s": finished - started}
+
+
+def scaling(cpus: int, steps: int | None) -> float:
+    spec, text = load_spec(DEFAULT_SPEC)
+    if steps:
+        data = spec.model_dump(mode="json")
+        data["training"]["steps"] = steps
+        spec = parse_spec(data, "default experiment")
+    with tempfile.TemporaryDirectory() as root:
+        ray.init(num_cpus=cpus, include_dashboard=False, address="local", logging_level="ERROR")
+        outcome = run_experiment(spec, text, storage_root=root)  # shuts Ray down at the end
+    if outcome.errored_trials:
+        raise RuntimeError(f"the default experiment failed: {outcome.errored_trials}")
+    return outcome.wall_time_s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, help="training steps (default: the spec's)")
+    parser.add_argument("--skip-scaling", action="store_true", help="only the overhead")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ray.json"))
+    args = parser.parse_args()
+    report = {"environment": environment()}
+    spec = one_lineage_spec(args.steps)
+    datasets = build_datasets(spec.datasets)
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        print("one lineage directly, then through Tune", flush=True)
+        direct_s = direct(spec, datasets, a)
+        tune_times = through_tune(spec, datasets, b)
+    report["overhead"] = {
+        "lineage": "default experiment, nlgp, seed 0",
+        "steps": spec.training.steps,
+        "rounds": spec.imp.rounds,
+        "direct_s": direct_s,
+        **tune_times,
+        "tune_over_direct": tune_times["tune_fit_s"] / direct_s,
+        "tune_and_ray_start_over_direct": (tune_times["tune_fit_s"] + tune_times["ray_start_s"])
+        / direct_s,
+        "data_put_once_mib": len(pickle.dumps(datasets)) / 2**20,
+    }
+    print(json.dumps(report["overhead"], indent=2), flush=True)
+    if not args.skip_scaling:
+        report["scaling"] = {}
+        for cpus in (1, 2):
+            print(f"default experiment with {cpus} CPU(s)", flush=True)
+            report["scaling"][f"cpus_{cpus}_wall_s"] = scaling(cpus, args.steps)
+        report["scaling"]["speed_up_2_over_1"] = (
+            report["scaling"]["cpus_1_wall_s"] / report["scaling"]["cpus_2_wall_s"]
+        )
+        print(json.dumps(report["scaling"], indent=2), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
