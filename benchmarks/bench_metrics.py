@@ -1,4 +1,4 @@
-"""Benchmark of the receptive-field metrics and of the masked FCN training step.
+"""Benchmark of the receptive-field metrics.
 
 Each fast path is timed against a plain reference in the same run, so the ratios hold on a
 shared, noisy machine even when the absolute times do not:
@@ -7,10 +7,9 @@ shared, noisy machine even when the absolute times do not:
   one tensor slice per offset d; the two must agree exactly before either is timed;
 * ``rf_width`` (batched Levenberg-Marquardt) against ``scipy.optimize.curve_fit`` unit by unit,
   on a subsample of units, compared per unit;
-* one SGD step of the masked ``FCN`` against the same step of a plain ``nn.Sequential``.
 
 Times are best-of-N and median-of-N wall-clock seconds; ratios use the best times, the ones
-least disturbed by other processes. ``rf_width`` and the training step run on one thread: on a
+least disturbed by other processes. ``rf_width`` runs on one thread: on a
 shared machine a second torch thread mostly waits for a core, which swamps what is measured.
 Run from the repository root:
 
@@ -31,9 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.optimize import curve_fit
-from torch import nn
 
 from lotterylab.platform.metrics import (
     SIGMA_MAX_PER_PIXEL,
@@ -41,11 +38,7 @@ from lotterylab.platform.metrics import (
     mask_autocorrelation,
     rf_width,
 )
-from lotterylab.platform.models import FCN, apply_masks, prunable_names
 
-BATCH = 100
-CLASSES = 10
-FCN_DENSITY = 0.2  # fraction of weights kept by the training-step masks
 RF_REFERENCE_UNITS = 32
 
 
@@ -218,80 +211,6 @@ def bench_rf_width(units: int, image_shape: tuple[int, int, int], repeats: int) 
     }
 
 
-def plain_sequential(input_dim: int, hidden: list[int]) -> nn.Sequential:
-    """The FCN's layers (batch norm -> linear -> ReLU ..., linear) with no masks."""
-    dims = [input_dim, *hidden, CLASSES]
-    layers: list[nn.Module] = []
-    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
-        layers += [nn.BatchNorm1d(d_in), nn.Linear(d_in, d_out)]
-        if i < len(dims) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
-
-
-def bench_training_step(input_dim: int, hidden: list[int], steps: int, repeats: int) -> dict:
-    """Steps/s of masked FCN and plain Sequential SGD, timed alternately so noise hits both.
-
-    One thread, as a lineage worker with one CPU runs it; on a shared machine a second
-    thread mostly waits for a core.
-    """
-    torch.manual_seed(0)
-    masked = FCN(input_dim, hidden, CLASSES)
-    g = torch.Generator().manual_seed(0)
-    params = dict(masked.named_parameters())
-    apply_masks(
-        masked,
-        {
-            name: torch.rand(params[name].shape, generator=g) < FCN_DENSITY
-            for name in prunable_names(masked, prune_biases=False, prune_output=False)
-        },
-    )
-    plain = plain_sequential(input_dim, hidden)
-    x = torch.randn(steps, BATCH, input_dim, generator=g)
-    y = torch.randint(CLASSES, (steps, BATCH), generator=g)
-
-    def run_steps(model: nn.Module) -> Callable[[], None]:
-        optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
-        model.train()
-
-        def run() -> None:
-            for xb, yb in zip(x, y, strict=True):
-                optimiser.zero_grad(set_to_none=True)
-                F.cross_entropy(model(xb), yb).backward()
-                optimiser.step()
-
-        return run
-
-    models = {"masked_fcn": run_steps(masked), "plain_sequential": run_steps(plain)}
-    times: dict[str, list[float]] = {name: [] for name in models}
-
-    def measure() -> None:
-        for run in models.values():
-            run()  # warm-up
-        for _ in range(repeats):
-            for name, run in models.items():
-                start = time.perf_counter()
-                run()
-                times[name].append((time.perf_counter() - start) / steps)
-
-    with_threads(1, measure)()
-    result = {
-        "input_dim": input_dim,
-        "hidden": hidden,
-        "batch": BATCH,
-        "threads": 1,
-        "steps_per_repeat": steps,
-    }
-    for name, t in times.items():
-        result[name] = {
-            "best_steps_per_s": 1 / min(t),
-            "median_steps_per_s": 1 / statistics.median(t),
-            "repeats": repeats,
-        }
-    result["masking_overhead"] = min(times["masked_fcn"]) / min(times["plain_sequential"])
-    return result
-
-
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -329,8 +248,6 @@ def main() -> None:
         layers = [(256, (1, 16, 16), 32, 3, 1), (1024, (3, 32, 32), 4, 3, 1)]
     else:
         layers.append((1024, (3, 64, 64), 2, 3, 1))
-    fcns = [(d, h) for d in (256, 3072) for h in ([256, 256], [1024, 1024])]
-    steps, fcn_repeats = (5, 3) if args.quick else (10, 5)
 
     report = {"mode": "quick" if args.quick else "full", "environment": environment(threads)}
     report["mask_autocorrelation"] = []
@@ -343,10 +260,6 @@ def main() -> None:
     for units, shape, _, repeats, _ in layers:
         print(f"rf_width H={units} {shape}", flush=True)
         report["rf_width"].append(bench_rf_width(units, shape, repeats))
-    report["training_step"] = []
-    for input_dim, hidden in fcns:
-        print(f"training step input={input_dim} hidden={hidden}", flush=True)
-        report["training_step"].append(bench_training_step(input_dim, hidden, steps, fcn_repeats))
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
