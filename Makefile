@@ -24,11 +24,17 @@ test: install
 lint: install
 	$(BIN)/ruff check lotterylab tests benchmarks
 
+# every figure of benchmarks/README.md; about an hour on a 2-core machine
 bench: install
+	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_batched.py
 	$(BIN)/python benchmarks/bench_metrics.py
 	$(BIN)/python benchmarks/bench_cavity.py
 	$(BIN)/python benchmarks/bench_pruning.py
 	$(BIN)/python benchmarks/bench_ntk.py
+	$(BIN)/python benchmarks/bench_ray.py
+	$(BIN)/python benchmarks/bench_analyze.py
+	$(BIN)/python benchmarks/collect.py
 
 clean:
 	rm -rf $(VENV) results
