@@ -21,7 +21,7 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 from lotterylab.cluster.templates import TEMPLATES, TEMPLATES_DIR, template_path
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "docs" / "running-on-a-cluster.md"
+DOCS = ROOT / "README.md"
 RAY_UP = ("aws", "gcp")
 # instance families with NVIDIA GPUs on EC2
 AWS_GPU_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p3", "p4d", "p4de", "p5", "p5e")

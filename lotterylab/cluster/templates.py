@@ -2,7 +2,8 @@
 KubeRay manifest, found the same way in a checkout and in an installed lotterylab.
 
 They pin the Ray image and the Python packages lotterylab itself pins, so the head and every
-worker run the driver's exact libraries; docs/running-on-a-cluster.md walks through them.
+worker run the driver's exact libraries; the README's "Running on a cluster" walks
+through them.
 """
 
 from __future__ import annotations
