@@ -105,7 +105,7 @@ def test_branches_reuse_the_parent_mask(pai_spec_dict, tmp_path):
 def test_pai_on_the_fcn_records_first_layer_rf_width(pai_spec_dict, tmp_path):
     pai_spec_dict["model"] = {"name": "fcn", "hidden": [32, 16]}
     pai_spec_dict["datasets"][0].update(channels=1)
-    pai_spec_dict["training"].update(augment="none", epochs=1)
+    pai_spec_dict["training"].update(augment="none", epochs=1, lr_drops=[])
     run, _ = make_run(pai_spec_dict, tmp_path, method="px", density=0.1)
     row = run.prune()
     assert row["rf_width_median"] > 0

@@ -8,7 +8,7 @@ from lotterylab.platform.store import ExperimentStore
 
 def test_pai_grid_through_tune_then_a_branch_from_the_cli(pai_spec_dict, tmp_path):
     spec_dict = pai_spec_dict
-    spec_dict["training"]["epochs"] = 1
+    spec_dict["training"].update(epochs=1, lr_drops=[])
     spec_dict["pai"].update(methods=["magnitude", "snip"], densities=[0.3, 0.1])
     spec = parse_spec(spec_dict)
     outcome = run_experiment(spec, "name: tinypai\n", str(tmp_path / "results"))

@@ -26,6 +26,7 @@ from lotterylab.platform.tables import (
 )
 
 RESOLVED_SPEC = "spec.resolved.json"
+SEARCH_VALUES = "search.json"  # a search's sampled values, in each lineage's or run's folder
 TABLE_ORDER = (ROUNDS_TABLE, KURTOSIS_TABLE, CAVITY_TABLE, PAI_EPOCHS_TABLE, PAI_MASKS_TABLE)
 _LINEAGE_ORDER = ["dataset", "method", "seed"]
 _PAI_ORDER = ["model", "dataset", "method", "rounds", "branch", "density", "seed"]
@@ -37,7 +38,7 @@ ROW_ORDERS: dict[str, list[str]] = {
     PAI_MASKS_TABLE: [*_PAI_ORDER, "run_id"],
 }
 # spec keys that are not experiment settings, or that rows already carry
-_SPEC_SKIP = {"name", "kind", "storage", "seeds", "datasets"}
+_SPEC_SKIP = {"name", "kind", "storage", "seeds", "datasets", "search"}
 
 
 class MissingArtifactError(StoreError):
@@ -103,6 +104,7 @@ class Experiment(NamedTables):
     def __init__(self, store: ExperimentStore):
         self.store = store
         self.spec: dict = self._read_spec()
+        self._search_values: dict[str, dict] | None = None
 
     def __repr__(self) -> str:
         return f"Experiment({self.uri!r}, kind={self.kind!r})"
@@ -131,6 +133,25 @@ class Experiment(NamedTables):
             raise StoreError(f"{self.store.url(RESOLVED_SPEC)}: expected a JSON object")
         return spec
 
+    @property
+    def searched(self) -> list[str]:
+        """Dotted key paths the experiment's search varies (none without a search)."""
+        search = self.spec.get("search") or {}
+        return list(search.get("space") or {})
+
+    def search_values(self) -> dict[str, dict[str, Any]]:
+        """The sampled values of every lineage or run of a search, by id (read once)."""
+        if self._search_values is None:
+            values = {}
+            if self.searched:
+                for folder in ("lineages", "runs"):
+                    for name in self.store.list(folder):
+                        rel = f"{folder}/{name}/{SEARCH_VALUES}"
+                        if self.has(rel):
+                            values[name] = self.store.read_json(rel)
+            self._search_values = values
+        return self._search_values
+
     def has(self, rel: str) -> bool:
         """Whether a verified artifact was finished (its checksum file is written last)."""
         return self.store.exists(rel + ".sha256")
@@ -146,6 +167,8 @@ class Experiment(NamedTables):
 
         Columns added: the spec's scalar settings (``training.lr``, ``imp.fraction``,
         ``model.name`` ...) and the row's data set fields (``data.type``, ``data.grid`` ...).
+        In a search, each searched field holds the value the row's lineage or run ran with,
+        also as ``search.<field>`` (``search.training.lr``), the columns to group by.
         """
         if name not in SCHEMAS:
             raise ValueError(f"table {name!r} is not one of {sorted(SCHEMAS)}")
@@ -162,6 +185,14 @@ class Experiment(NamedTables):
         fields = sorted({f for d in per_dataset.values() for f in d} - set(frame.columns))
         for field in fields:
             columns[field] = [per_dataset.get(d, {}).get(field) for d in frame["dataset"]]
+        if self.searched:
+            values = self.search_values()
+            ids = frame["lineage_id" if "lineage_id" in frame.columns else "run_id"]
+            for path in self.searched:
+                ran_with = [values.get(i, {}).get(path) for i in ids]
+                columns[f"search.{path}"] = ran_with
+                columns[path] = ran_with
+            frame = frame.drop(columns=[c for c in columns if c in frame.columns])
         if not columns:
             return frame
         return pd.concat([frame, pd.DataFrame(columns, index=frame.index)], axis=1)

@@ -37,6 +37,7 @@ from lotterylab.analysis.paper1 import (
     mask_panels,
 )
 from lotterylab.analysis.paper2 import pai_sections
+from lotterylab.analysis.searches import best_ids, only_ids, search_section, search_table
 from lotterylab.analysis.sections import Section
 from lotterylab.platform.store import ExperimentStore
 
@@ -111,9 +112,31 @@ def write_file(store: ExperimentStore, folder: str, name: str, data: bytes) -> s
 
 # -- which figures ---------------------------------------------------------------------------
 def experiment_sections(experiment: Experiment) -> list[Section]:
+    """The figures of the experiment's kind; a search first ranks its configurations, and the
+    figures then show the best one of each cell (data set, or PaI method × density)."""
+    sections, best = [], set()
+    if experiment.searched:
+        ranked = search_table(experiment)
+        sections.append(search_section(experiment, ranked))
+        best = best_ids(ranked)
     if experiment.kind == "pai":
-        return pai_sections(experiment.pai_epochs(), experiment.pai_masks())
-    return imp_sections(experiment.rounds(), experiment.kurtosis(), experiment.cavity(), experiment)
+        epochs, masks = (
+            pai_rows(table, best) for table in (experiment.pai_epochs(), experiment.pai_masks())
+        )
+        return sections + pai_sections(epochs, masks)
+    rounds, kurtosis, cavity = (
+        only_ids(table, "lineage_id", best)
+        for table in (experiment.rounds(), experiment.kurtosis(), experiment.cavity())
+    )
+    return sections + imp_sections(rounds, kurtosis, cavity, experiment)
+
+
+def pai_rows(rows: pd.DataFrame, runs: set[str]) -> pd.DataFrame:
+    """Rows of these runs and of their sanity-check branches (all rows without a selection)."""
+    if not runs or rows.empty:
+        return rows
+    keep = rows["run_id"].isin(runs) | rows["parent_id"].isin(runs)
+    return rows[keep].reset_index(drop=True)
 
 
 def imp_sections(
@@ -187,6 +210,8 @@ def summary_file(experiment: Experiment) -> list[tuple[str, bytes]]:
     if experiment.kind != "imp":
         return []
     rounds = experiment.table("rounds", with_spec=False)
+    if experiment.searched:  # the best configuration of each data set, as in the figures
+        rounds = only_ids(rounds, "lineage_id", best_ids(search_table(experiment)))
     if rounds.empty:
         return []
     summary = aggregate_over_seeds(rounds, SUMMARY_VALUES)

@@ -122,6 +122,11 @@ def branch_runs(
             f"{store.uri} is a {spec.kind} experiment: branches apply to PaI runs "
             "(kind: pai) in this version"
         )
+    if spec.search is not None:
+        raise ExperimentError(
+            f"{store.uri} is a search: branches apply to the runs of a grid in this version "
+            "(a searched run's id depends on its sampled values)"
+        )
     runs = []
     for run in pai_grid(spec):
         if methods and run["method"] not in methods:

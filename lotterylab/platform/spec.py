@@ -8,13 +8,26 @@ this module joins them, adds the section of each kind of run (``imp`` or ``pai``
 
 from __future__ import annotations
 
+import itertools
+import math
+import types
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+import numpy as np
 import yaml
-from pydantic import Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from lotterylab.platform.data.registry import DataSpec
+from lotterylab.platform.ids import canonical_json
 from lotterylab.platform.models import ModelSpec, model_task
 from lotterylab.platform.models.fcn import FCNModel
 from lotterylab.platform.pruning import hparams_class, method_names
@@ -68,7 +81,8 @@ class TrainingSpec(Strict):
     def _rewind_before_end(self) -> TrainingSpec:
         if self.rewind_step >= self.steps:
             raise ValueError(
-                f"rewind_step ({self.rewind_step}) must be smaller than steps ({self.steps})"
+                f"training.rewind_step: rewind_step ({self.rewind_step}) must be smaller than "
+                f"steps ({self.steps})"
             )
         if self.lr_drops != sorted(set(self.lr_drops)):
             raise ValueError(
@@ -187,6 +201,16 @@ class ResourcesSpec(Strict):
         0, description="GPU share per trial (0.25 packs four trials on one GPU)"
     )
 
+    @field_validator("cpu", "gpu")
+    @classmethod
+    def _placeable(cls, value: float) -> float:
+        # Ray counts resources in units of 1e-4; a share above one device must be whole
+        if 0 < value < 1e-4:
+            raise ValueError("must be 0 or at least 0.0001 (Ray's resource unit)")
+        if value > 1 and not float(value).is_integer():
+            raise ValueError("a share above 1 must be a whole number")
+        return value
+
 
 class RunSpec(Strict):
     max_failures: Annotated[int, Field(ge=0)] = Field(2, description="retries of a dead trial")
@@ -207,7 +231,9 @@ class ComponentsSpec(Strict):
     patch_size: Annotated[int, Field(ge=2, le=64)] = Field(
         16, description="side of sample-image patches (pixels)"
     )
-    seed: int = Field(0, description="seed of patch sampling and FastICA")
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(
+        0, description="seed of patch sampling and FastICA (numpy's range, 0 to 2^32 - 1)"
+    )
 
 
 class AnalysisSpec(Strict):
@@ -217,6 +243,220 @@ class AnalysisSpec(Strict):
     examples: Annotated[int, Field(ge=0, le=256)] = Field(
         16, description="example images per data set stored for the figures"
     )
+
+
+SEARCH_ALGORITHMS = ("random", "grid", "optuna")
+DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
+# what the trainables report after every IMP round or PaI epoch, and so what a search can rank
+SEARCH_METRICS = {
+    "imp": ("test_accuracy", "rf_width_median"),
+    "pai": ("test_accuracy", "test_miou", "train_loss"),
+}
+MINIMISED_METRICS = ("train_loss",)
+# fields of one kind of run only: searching them in the other would repeat identical trials
+_OTHER_KIND_FIELDS = {
+    "imp": ("training.epochs",),
+    "pai": ("training.steps", "training.rewind_step"),
+}
+# checking every combination of range ends is exhaustive up to this many combinations
+_MAX_CORNER_COMBINATIONS = 512
+
+Scalar = bool | int | float | str  # a smart union keeps each YAML value's own type
+
+
+class Distribution(Strict):
+    """How one searched field is drawn: exactly one of the keys, Ray Tune's conventions."""
+
+    uniform: tuple[float, float] | None = Field(
+        None, description="[low, high]: a real number drawn uniformly, low <= x < high"
+    )
+    loguniform: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = Field(
+        None, description="[low, high]: a real number drawn uniformly in log space, 0 < low"
+    )
+    randint: tuple[int, int] | None = Field(
+        None, description="[low, high]: an integer low <= n < high (high excluded, as in Tune)"
+    )
+    choice: Annotated[list[Scalar], Field(min_length=1)] | None = Field(
+        None, description="values, one drawn uniformly per sample"
+    )
+    grid: Annotated[list[Scalar], Field(min_length=1)] | None = Field(
+        None, description="values, every one tried (algorithm: grid)"
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Distribution:
+        given = [k for k in DISTRIBUTIONS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of {list(DISTRIBUTIONS)}, got {given or 'none of them'}"
+            )
+        kind, args = self.kind, self.args
+        if kind in ("uniform", "loguniform", "randint") and not args[0] < args[1]:
+            raise ValueError(f"{kind}: low must be smaller than high, got {list(args)}")
+        if kind in ("choice", "grid"):
+            keys = [canonical_json(v) for v in args]
+            if len(set(keys)) != len(keys):
+                raise ValueError(f"{kind}: values must not repeat, got {list(args)}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in DISTRIBUTIONS if getattr(self, k) is not None)
+
+    @property
+    def args(self) -> tuple | list:
+        return getattr(self, self.kind)
+
+    def corners(self) -> list:
+        """The values a constraint on the field is checked at: range ends, or every value."""
+        low_high = {"uniform": 0, "loguniform": 0, "randint": 1}
+        if self.kind in low_high:
+            low, high = self.args
+            return [low, high - low_high[self.kind]]
+        return list(self.args)
+
+    def count(self) -> float:
+        """Distinct values it can take (infinite for real ranges)."""
+        if self.kind in ("uniform", "loguniform"):
+            return math.inf
+        if self.kind == "randint":
+            return self.args[1] - self.args[0]
+        return len(self.args)
+
+    def sample(self, rng: np.random.RandomState) -> Any:
+        kind, args = self.kind, self.args
+        if kind == "uniform":
+            return float(rng.uniform(*args))
+        if kind == "loguniform":
+            return float(np.exp(rng.uniform(math.log(args[0]), math.log(args[1]))))
+        if kind == "randint":
+            return int(rng.randint(*args))
+        return args[int(rng.randint(len(args)))]
+
+
+class ASHASpec(Strict):
+    """Asynchronous successive halving: stop trials whose metric lags at each rung."""
+
+    metric: str | None = Field(None, description="reported metric it compares (search.metric)")
+    mode: Literal["max", "min"] | None = Field(None, description="max or min (search.mode)")
+    grace_period: Annotated[int, Field(ge=1)] = Field(
+        1, description="rounds (imp) or epochs (pai) every trial runs before it may be stopped"
+    )
+    reduction_factor: Annotated[float, Field(gt=1)] = Field(
+        2, description="1/reduction_factor of the trials reaching a rung go on to the next"
+    )
+    max_t: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="iterations of the longest trial (default imp.rounds + 1, or epochs)"
+    )
+
+
+class SchedulerSpec(Strict):
+    asha: ASHASpec = Field(description="early stopping by ASHA")
+
+
+class SearchSpec(Strict):
+    """Spec fields drawn per trial; each configuration runs on the whole grid of the kind."""
+
+    space: Annotated[dict[str, Distribution], Field(min_length=1)] = Field(
+        description="dotted key path of a scalar field (training.lr) -> its distribution"
+    )
+    algorithm: Literal[SEARCH_ALGORITHMS] = Field(
+        "random", description="random sampling, every grid combination, or Optuna's TPE"
+    )
+    num_samples: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        1, description="distinct configurations drawn (random, optuna; grid takes each once)"
+    )
+    metric: str = Field(
+        "test_accuracy", description="the metric Optuna optimises and the report ranks by"
+    )
+    mode: Literal["max", "min"] = Field("max", description="whether higher metric is better")
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(
+        0, description="seed of random sampling and of Optuna's sampler"
+    )
+    scheduler: SchedulerSpec | None = Field(None, description="early stopping (asha)")
+
+    @model_validator(mode="after")
+    def _algorithm_fits_space(self) -> SearchSpec:
+        kinds = {path: d.kind for path, d in self.space.items()}
+        if self.algorithm == "grid":
+            sampled = sorted(p for p, k in kinds.items() if k != "grid")
+            if sampled:
+                raise ValueError(
+                    f"search.space.{sampled[0]}: algorithm grid takes grid values only, "
+                    f"got {kinds[sampled[0]]}; allowed: grid"
+                )
+            if self.num_samples != 1:
+                raise ValueError(
+                    f"search.num_samples: algorithm grid runs every combination once; "
+                    f"remove num_samples (got {self.num_samples})"
+                )
+            return self
+        gridded = sorted(p for p, k in kinds.items() if k == "grid")
+        if gridded:
+            raise ValueError(
+                f"search.space.{gridded[0]}: grid values need algorithm: grid "
+                f"(got algorithm: {self.algorithm}); allowed here: "
+                f"{[k for k in DISTRIBUTIONS if k != 'grid']}"
+            )
+        distinct = math.prod(d.count() for d in self.space.values())
+        if self.num_samples > distinct:
+            raise ValueError(
+                f"search.num_samples: {self.num_samples} exceeds the {distinct} distinct "
+                "configurations of search.space; lower it, or use algorithm: grid"
+            )
+        return self
+
+    def configurations(self) -> list[dict[str, Any]] | None:
+        """Every configuration the search runs, in order; None for Optuna (it adapts)."""
+        if self.algorithm == "grid":
+            paths = list(self.space)
+            values = itertools.product(*(self.space[p].grid for p in paths))
+            return [dict(zip(paths, combination, strict=True)) for combination in values]
+        if self.algorithm == "optuna":
+            return None
+        rng = np.random.RandomState(self.seed)
+        drawn: dict[str, dict[str, Any]] = {}
+        for _ in range(100 * self.num_samples + 1000):
+            values = {path: d.sample(rng) for path, d in self.space.items()}
+            drawn.setdefault(canonical_json(values), values)
+            if len(drawn) == self.num_samples:
+                return list(drawn.values())
+        raise ValueError(
+            f"search: could not draw {self.num_samples} distinct configurations "
+            f"(got {len(drawn)}); lower search.num_samples"
+        )
+
+    def corner_points(self) -> list[dict[str, Any]]:
+        """Combinations of range ends and listed values: where monotone constraints break."""
+        paths = list(self.space)
+        corners = [self.space[p].corners() for p in paths]
+        if math.prod(len(c) for c in corners) > _MAX_CORNER_COMBINATIONS:
+            return [{p: v} for p, values in zip(paths, corners, strict=True) for v in values]
+        return [
+            dict(zip(paths, combination, strict=True))
+            for combination in itertools.product(*corners)
+        ]
+
+
+# published training-set sizes and classes, for checks when a spec does not declare n_train
+PUBLISHED_SIZES = {
+    "cifar10": (50_000, 10),
+    "cifar100": (50_000, 100),
+    "imagenet32": (1_281_167, 1000),
+    "tiny_imagenet": (100_000, 200),
+    "voc": (1_464, 21),
+}
+SEGMENTATION_DATA = ("voc",)  # label maps, not one label per image
+TORCH_SEEDS = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
+
+
+def _with_defaults(data: Any) -> Any:
+    """The ``imp`` section of an IMP spec and the FCN as model, when the spec leaves them out."""
+    if isinstance(data, dict) and data.get("kind", "imp") == "imp" and data.get("imp") is None:
+        data = {**data, "imp": {}}
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        data = {**data, "model": {"name": "fcn", **data["model"]}}  # the FCN by default
+    return data
 
 
 class ExperimentSpec(Strict):
@@ -232,15 +472,12 @@ class ExperimentSpec(Strict):
     analysis: AnalysisSpec = AnalysisSpec()
     resources: ResourcesSpec = ResourcesSpec()
     run: RunSpec = RunSpec()
+    search: SearchSpec | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _default_kind_section(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("kind", "imp") == "imp" and data.get("imp") is None:
-            data = {**data, "imp": {}}
-        if isinstance(data, dict) and isinstance(data.get("model"), dict):
-            data = {**data, "model": {"name": "fcn", **data["model"]}}  # the FCN by default
-        return data
+        return _with_defaults(data)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentSpec:
@@ -253,20 +490,17 @@ class ExperimentSpec(Strict):
             of = getattr(data, "of", None)
             if data.type == "gaussian_clone":
                 source = self.dataset(of) if of in names else None
-                if source is None or source.type == "gaussian_clone":
-                    allowed = [d.name for d in self.datasets if d.type != "gaussian_clone"]
+                if source is None or source.type in ("gaussian_clone", *SEGMENTATION_DATA):
+                    allowed = [
+                        d.name
+                        for d in self.datasets
+                        if d.type not in ("gaussian_clone", *SEGMENTATION_DATA)
+                    ]
                     raise ValueError(
                         f"datasets.{i}.of: {of!r} is not a data set of this spec "
                         f"that can be cloned; allowed: {allowed}"
                     )
-        for i, data in enumerate(self.datasets):
-            sized = self.dataset(data.of) if data.type == "gaussian_clone" else data
-            n_train = getattr(sized, "n_train", None)
-            if isinstance(n_train, int) and self.training.batch_size > n_train:
-                raise ValueError(
-                    f"training.batch_size ({self.training.batch_size}) exceeds the n_train "
-                    f"({n_train}) of datasets.{i} ({data.name!r}): make it at most {n_train}"
-                )
+        self._check_data()
         other = "pai" if self.kind == "imp" else "imp"
         if getattr(self, other) is not None:
             raise ValueError(f"{other}: section not allowed with kind: {self.kind}")
@@ -280,23 +514,279 @@ class ExperimentSpec(Strict):
                 f"training.epochs: IMP lineages count training.steps; remove epochs "
                 f"(got {self.training.epochs})"
             )
+        self._check_lr_drops()
         if self.kind == "imp" and model_task(self.model) != "classification":
             raise ValueError(
                 f"model.name: IMP lineages need a classification model, got {self.model.name!r}"
             )
+        self._check_task()
         if "cavity" in (self.imp.baselines if self.imp else []) and self.model.name != "fcn":
             raise ValueError(
                 "imp.baselines: 'cavity' scores a dense first layer on pixels and needs "
                 f"model.name: fcn (got {self.model.name!r})"
             )
-        if self.analysis.components is not None:
-            source = self.analysis.components.source
-            if source != "sample_patches" and source not in names:
-                raise ValueError(
-                    f"analysis.components.source: {source!r} is neither 'sample_patches' nor a "
-                    f"data set of this spec; allowed: {['sample_patches', *names]}"
-                )
+        if self.kind == "pai":
+            self._check_scoring()
+        self._check_components()
+        self._check_search()
         return self
+
+    # -- cross-section checks ------------------------------------------------------------
+    def _check_data(self) -> None:
+        for i, data in enumerate(self.datasets):
+            seed = getattr(data, "seed", None)
+            if isinstance(seed, int) and not TORCH_SEEDS[0] <= seed <= TORCH_SEEDS[1]:
+                raise ValueError(
+                    f"datasets.{i}.seed: {seed} is outside torch's seed range "
+                    f"[{TORCH_SEEDS[0]}, {TORCH_SEEDS[1]}]"
+                )
+            classes = self.num_classes(data.name)
+            for split in ("n_train", "n_test"):
+                n = getattr(data, split, None)
+                if data.type == "nlgp" and n < classes:
+                    raise ValueError(
+                        f"datasets.{i}.{split}: {n} images cannot hold one of each of the "
+                        f"{classes} classes (one per entry of xi); make it at least {classes}"
+                    )
+            n_train = self.train_size(data.name)
+            if n_train is not None and self.training.batch_size > n_train:
+                raise ValueError(
+                    f"training.batch_size ({self.training.batch_size}) exceeds the n_train "
+                    f"({n_train}) of datasets.{i} ({data.name!r}): make it at most {n_train}"
+                )
+
+    def _check_lr_drops(self) -> None:
+        unit, end = ("epochs", self.training.epochs) if self.kind == "pai" else (
+            "steps",
+            self.training.steps,
+        )
+        late = [d for d in self.training.lr_drops if d >= end]
+        if late:
+            allowed = f"1 to {end - 1}" if end > 1 else "none (remove lr_drops)"
+            raise ValueError(
+                f"training.lr_drops: {late} never take effect in training of {end} {unit} "
+                f"(training.{unit}); allowed: {allowed}"
+            )
+
+    def _check_task(self) -> None:
+        task = model_task(self.model)
+        for i, data in enumerate(self.datasets):
+            source = self.dataset(data.of) if data.type == "gaussian_clone" else data
+            data_task = "segmentation" if source.type in SEGMENTATION_DATA else "classification"
+            if data_task != task:
+                raise ValueError(
+                    f"datasets.{i}.type: {data.type!r} is {data_task} data, but model.name "
+                    f"{self.model.name!r} is a {task} model"
+                )
+
+    def _check_scoring(self) -> None:
+        pai = self.pai
+        total = pai.scoring_batches * pai.scoring_batch_size
+        for i, data in enumerate(self.datasets):
+            n_train = self.train_size(data.name)
+            if n_train is not None and total > n_train:
+                raise ValueError(
+                    f"pai.scoring_batch_size: pai.scoring_batches ({pai.scoring_batches}) "
+                    f"batches of {pai.scoring_batch_size} need {total} training images, more "
+                    f"than the {n_train} of datasets.{i} ({data.name!r})"
+                )
+
+    def _check_components(self) -> None:
+        components = self.analysis.components
+        if components is None:
+            return
+        source = components.source
+        names = [d.name for d in self.datasets]
+        if source != "sample_patches" and source not in names:
+            raise ValueError(
+                f"analysis.components.source: {source!r} is neither 'sample_patches' nor a "
+                f"data set of this spec; allowed: {['sample_patches', *names]}"
+            )
+        if source == "sample_patches":
+            shape = self.image_shape(names[0])
+            channels = shape[0] if shape else None
+            if channels not in (None, 1, 3):
+                raise ValueError(
+                    f"analysis.components.source: sample_patches are grey or RGB, but "
+                    f"datasets.0 ({names[0]!r}) has {channels} channels; name a data set instead"
+                )
+            dim = (channels or 3) * components.patch_size**2
+            count = components.patches
+        else:
+            shape = self.image_shape(source)
+            dim = math.prod(shape) if shape else None
+            n_train = self.train_size(source)
+            count = components.patches if n_train is None else min(components.patches, n_train)
+        limit = min(v for v in (dim, count) if v is not None)
+        if components.n_components > limit:
+            raise ValueError(
+                f"analysis.components.n_components: {components.n_components} exceeds "
+                f"min(patches, pixels) = {limit} of source {source!r}; make it at most {limit}"
+            )
+
+    # -- facts about the data sets, known before they are built --------------------------
+    def _sized(self, name: str):
+        data = self.dataset(name)
+        return self.dataset(data.of) if data.type == "gaussian_clone" else data
+
+    def train_size(self, name: str) -> int | None:
+        """Training images of a data set: declared, or the published size; None if unknown."""
+        data = self._sized(name)
+        declared = getattr(data, "n_train", None)
+        published = PUBLISHED_SIZES.get(data.type, (None, None))[0]
+        known = [n for n in (declared, published) if isinstance(n, int)]
+        return min(known) if known else None
+
+    def num_classes(self, name: str) -> int | None:
+        data = self._sized(name)
+        if data.type == "nlgp":
+            return len(data.xi)
+        return PUBLISHED_SIZES.get(data.type, (None, None))[1]
+
+    def image_shape(self, name: str) -> tuple[int, int, int] | None:
+        data = self._sized(name)
+        if data.type == "nlgp":
+            return (data.channels, data.grid, data.grid)
+        if data.type in ("cifar10", "cifar100"):
+            return (3, 32, 32)
+        if data.type == "imagenet32":
+            return (3, data.image_size, data.image_size)
+        size = getattr(data, "size", None)
+        return (3, size, size) if size else None
+
+    # -- searches ------------------------------------------------------------------------
+    def searchable_fields(self) -> dict[str, str]:
+        """Dotted key path -> scalar type (int, float, bool, str, literal) a search may vary.
+
+        Data sets, seeds, resources, run and analysis settings are left out: data sets are
+        built once and shared by every trial, and the others do not change what a trial computes.
+        """
+        sections: dict[str, BaseModel] = {"training": self.training, "model": self.model}
+        if self.kind == "imp":
+            sections["imp"] = self.imp
+        else:
+            sections["pai"] = self.pai
+            for method in self.pai.methods:
+                sections[f"pai.hparams.{method}"] = getattr(self.pai.hparams, method)
+        skip = {"model.name", *_OTHER_KIND_FIELDS[self.kind]}
+        fields = {}
+        for prefix, section in sections.items():
+            for name, info in type(section).model_fields.items():
+                kind = _scalar_kind(info.annotation)
+                path = f"{prefix}.{name}"
+                if kind is not None and path not in skip:
+                    fields[path] = kind
+        return fields
+
+    def search_metrics(self) -> tuple[str, ...]:
+        if self.kind == "imp":
+            return SEARCH_METRICS["imp"] if self.model.name == "fcn" else ("test_accuracy",)
+        score = "test_miou" if model_task(self.model) == "segmentation" else "test_accuracy"
+        return (score, "train_loss")
+
+    def with_values(self, values: Mapping[str, Any] | None) -> ExperimentSpec:
+        """One trial's spec: the sampled values applied, the search section removed.
+
+        A lineage or run id hashes this spec, so every configuration gets its own ids.
+        """
+        if values is None:
+            return self
+        data = self.model_dump(mode="json")
+        data["search"] = None
+        for path, value in values.items():
+            _set_path(data, path, value)
+        return ExperimentSpec.model_validate(data)
+
+    def trial_iterations(self) -> int:
+        """Tune iterations of one trial: IMP rounds + 1, or PaI epochs."""
+        return self.imp.rounds + 1 if self.kind == "imp" else self.training.epochs
+
+    def search_points(self) -> list[dict[str, Any]]:
+        """The configurations checked before Ray starts: all of them, or Optuna's corners."""
+        if self.search is None:
+            return []
+        configurations = self.search.configurations()
+        return configurations if configurations is not None else self.search.corner_points()
+
+    def max_trial_iterations(self) -> int:
+        """The longest trial of the experiment, searched rounds or epochs included."""
+        points = self.search_points()
+        return max(self.with_values(v).trial_iterations() for v in points or [None])
+
+    def _check_search(self) -> None:
+        search = self.search
+        if search is None:
+            return
+        fields = self.searchable_fields()
+        for path, distribution in search.space.items():
+            where = f"search.space.{path}"
+            if path not in fields:
+                raise ValueError(
+                    f"{where}: not a scalar field a kind {self.kind} search can vary; "
+                    f"allowed: {sorted(fields)}"
+                )
+            kind = distribution.kind
+            if fields[path] == "int" and kind in ("uniform", "loguniform"):
+                raise ValueError(
+                    f"{where}: {kind} draws real numbers, but {path} is an integer; "
+                    "allowed: randint, choice, grid"
+                )
+            if fields[path] in ("bool", "str", "literal") and kind not in ("choice", "grid"):
+                raise ValueError(
+                    f"{where}: {kind} draws numbers, but {path} is not a number; "
+                    "allowed: choice, grid"
+                )
+            if path.startswith("pai.hparams."):
+                method = path.split(".")[2]
+                if list(self.pai.methods) != [method]:
+                    raise ValueError(
+                        f"{where}: a method's hyper-parameter can be searched only with "
+                        f"pai.methods: [{method}] (got {list(self.pai.methods)}); the other "
+                        "methods' runs would repeat for every value"
+                    )
+            for value in distribution.corners():
+                self._check_point({path: value}, f"{where}: {kind} value {value!r}")
+        try:
+            points = self.search_points()
+        except ValueError as error:
+            raise ValueError(str(error)) from None
+        for values in points:
+            shown = ", ".join(f"{p}={v!r}" for p, v in values.items())
+            self._check_point(values, f"search.space: the configuration {shown}")
+        self._check_search_metrics()
+
+    def _check_point(self, values: dict[str, Any], what: str) -> None:
+        try:
+            self.with_values(values)
+        except ValidationError as error:
+            problems = "; ".join(line.strip() for line in _error_lines(error))
+            raise ValueError(f"{what} makes an invalid spec: {problems}") from None
+
+    def _check_search_metrics(self) -> None:
+        search, allowed = self.search, self.search_metrics()
+        checks = [("search", search.metric, search.mode)]
+        asha = search.scheduler.asha if search.scheduler else None
+        if asha is not None:
+            checks.append(
+                ("search.scheduler.asha", asha.metric or search.metric, asha.mode or search.mode)
+            )
+        for where, metric, mode in checks:
+            if metric not in allowed:
+                raise ValueError(
+                    f"{where}.metric: {metric!r} is not reported by kind {self.kind} trials "
+                    f"of model {self.model.name!r}; allowed: {list(allowed)}"
+                )
+            if metric in MINIMISED_METRICS and mode == "max":
+                raise ValueError(f"{where}.mode: {metric} is minimised; set mode: min")
+        if asha is not None:
+            longest = asha.max_t or self.max_trial_iterations()
+            if asha.grace_period >= longest:
+                unit = "IMP rounds + 1" if self.kind == "imp" else "epochs"
+                raise ValueError(
+                    f"search.scheduler.asha.grace_period: {asha.grace_period} leaves no rung "
+                    f"to stop a trial at before its end ({longest} iterations = {unit}); "
+                    f"make it at most {longest - 1}"
+                )
 
     def dataset(self, name: str):
         for data in self.datasets:
@@ -310,8 +800,90 @@ class ExperimentSpec(Strict):
         return self.imp if self.kind == "imp" else self.pai
 
 
-def _format_errors(source: str, error: ValidationError) -> str:
-    lines = [f"invalid experiment spec {source}:"]
+def _set_path(data: dict, path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    for key in parents:
+        data = data[key]
+    data[last] = value
+
+
+def _unwrap(annotation: Any) -> Any:
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return annotation
+
+
+def _options(annotation: Any) -> list[Any]:
+    """The members of a union (Optional included) with their constraints stripped."""
+    annotation = _unwrap(annotation)
+    if get_origin(annotation) in (Union, types.UnionType):
+        return [_unwrap(a) for a in get_args(annotation) if a is not type(None)]
+    return [annotation]
+
+
+def _scalar_kind(annotation: Any) -> str | None:
+    options = _options(annotation)
+    if len(options) != 1:
+        return None
+    (option,) = options
+    if get_origin(option) is Literal:
+        return "literal"
+    if option in (bool, int, float, str):
+        return option.__name__
+    return None
+
+
+def _misplaced_booleans(annotation: Any, value: Any, path: str) -> list[tuple[str, bool]]:
+    """Key paths where a boolean stands for a number (YAML reads yes, on, true as booleans;
+    pydantic would then quietly take them as 1 and 0)."""
+    options = _options(annotation)
+    if isinstance(value, bool):
+        numeric = any(o in (int, float) for o in options)
+        return [(path, value)] if numeric and bool not in options else []
+    models = [o for o in options if isinstance(o, type) and issubclass(o, BaseModel)]
+    if isinstance(value, dict) and models:
+        model = _tagged(models, value)
+        return _model_booleans(model, value, path) if model else []
+    sequences = [o for o in options if get_origin(o) in (list, tuple)]
+    if isinstance(value, list) and len(sequences) == 1:
+        args = get_args(sequences[0])
+        fixed = get_origin(sequences[0]) is tuple and (not args or args[-1] is not Ellipsis)
+        found = []
+        for i, item in enumerate(value):
+            if fixed and i >= len(args):
+                break
+            found += _misplaced_booleans(args[i] if fixed else args[0], item, f"{path}.{i}")
+        return found
+    mappings = [o for o in options if get_origin(o) is dict]
+    if isinstance(value, dict) and len(mappings) == 1:
+        item = get_args(mappings[0])[1]
+        return [p for k, v in value.items() for p in _misplaced_booleans(item, v, f"{path}.{k}")]
+    return []
+
+
+def _tagged(models: list[type[BaseModel]], value: dict) -> type[BaseModel] | None:
+    """The member of a tagged union that a mapping names by its tag (``type``, ``name``)."""
+    if len(models) == 1:
+        return models[0]
+    for model in models:
+        for name, info in model.model_fields.items():
+            option = _unwrap(info.annotation)
+            if get_origin(option) is Literal and value.get(name) in get_args(option):
+                return model
+    return None
+
+
+def _model_booleans(model: type[BaseModel], value: dict, path: str) -> list[tuple[str, bool]]:
+    found = []
+    for name, info in model.model_fields.items():
+        if name in value:
+            where = f"{path}.{name}" if path else name
+            found += _misplaced_booleans(info.annotation, value[name], where)
+    return found
+
+
+def _error_lines(error: ValidationError) -> list[str]:
+    lines = []
     for item in error.errors():
         loc = [str(p) for p in item["loc"] if not str(p).startswith("function-")]
         # discriminated unions put the tag into the path; keep the user's own keys only
@@ -328,11 +900,15 @@ def _format_errors(source: str, error: ValidationError) -> str:
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key"
-        if not path:  # cross-field checks name their own key paths
-            lines.append(f"  {message}")
+        if not path or message.startswith((f"{path}.", f"{path}:")):
+            lines.append(f"  {message}")  # cross-field checks name their own key paths
         else:
             lines.append(f"  {path}: {message} (got {shown})")
-    return "\n".join(lines)
+    return lines
+
+
+def _format_errors(source: str, error: ValidationError) -> str:
+    return "\n".join([f"invalid experiment spec {source}:", *_error_lines(error)])
 
 
 def parse_spec(data: Any, source: str = "<spec>") -> ExperimentSpec:
@@ -340,6 +916,12 @@ def parse_spec(data: Any, source: str = "<spec>") -> ExperimentSpec:
         raise SpecError(
             f"invalid experiment spec {source}: expected a mapping, got {type(data).__name__}"
         )
+    booleans = _model_booleans(ExperimentSpec, _with_defaults(data), "")
+    if booleans:
+        lines = [f"invalid experiment spec {source}:"]
+        for path, value in booleans:
+            lines.append(f"  {path}: Input should be a number, not a boolean (got {value!r})")
+        raise SpecError("\n".join(lines))
     try:
         return ExperimentSpec.model_validate(data)
     except ValidationError as error:

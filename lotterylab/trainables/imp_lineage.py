@@ -15,6 +15,7 @@ from lotterylab.platform.device import trial_device
 from lotterylab.platform.imp import IMP, IMPLineage, LineageConfig
 from lotterylab.platform.spec import ExperimentSpec
 from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.tensorboard_log import log_imp_round
 
 CHECKPOINT_FILE = "lineage.pt"
 
@@ -27,7 +28,8 @@ class IMPLineageTrainable(tune.Trainable):
         datasets: dict[str, ImageDataset],
         store_uri: str,
     ) -> None:
-        spec = ExperimentSpec.model_validate_json(spec_json)
+        # a search trial runs the experiment's spec with its sampled values applied
+        spec = ExperimentSpec.model_validate_json(spec_json).with_values(config.get("search"))
         # one thread per reserved CPU: the same thread count makes a resumed round bit-exact
         torch.set_num_threads(max(1, int(spec.resources.cpu)))
         store = ExperimentStore(store_uri)
@@ -35,9 +37,12 @@ class IMPLineageTrainable(tune.Trainable):
         self.lineage = IMPLineage(
             lineage_config, datasets[config["dataset"]], store, trial_device(spec.resources.gpu)
         )
+        if "search" in config:  # analyses group a search's lineages by these values
+            store.write_json(f"lineages/{self.lineage.id}/search.json", config["search"])
 
     def step(self) -> dict:
         rows = self.lineage.run_round()
+        log_imp_round(self.lineage, rows)
         imp = next(row for row in rows if row["method"] == IMP)
         return {
             "lineage_id": self.lineage.id,

@@ -16,6 +16,7 @@ from lotterylab.platform.device import trial_device
 from lotterylab.platform.pai import PaIConfig, PaIRun
 from lotterylab.platform.spec import ExperimentSpec
 from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.tensorboard_log import log_pai_epoch
 
 CHECKPOINT_FILE = "run.pt"
 
@@ -38,21 +39,26 @@ class PaIRunTrainable(tune.Trainable):
     def setup(
         self, config: dict, spec_json: str, datasets: dict[str, ImageDataset], store_uri: str
     ) -> None:
-        spec = ExperimentSpec.model_validate_json(spec_json)
+        # a search trial runs the experiment's spec with its sampled values applied
+        spec = ExperimentSpec.model_validate_json(spec_json).with_values(config.get("search"))
         torch.set_num_threads(max(1, int(spec.resources.cpu)))
         store = ExperimentStore(store_uri)
         device = trial_device(spec.resources.gpu)
         run = config["run"]
         config = pai_config(spec, store.name, run)
         self.run = PaIRun(config, datasets[run["dataset"]], store, device)
+        if "search" in self.config:  # analyses group a search's runs by these values
+            store.write_json(f"runs/{self.run.id}/search.json", self.config["search"])
 
     def step(self) -> dict:
         mask_row = self.run.prune() if not self.run.pruned else None
         row = self.run.run_epoch()
+        log_pai_epoch(self.run, row, pruned_now=mask_row is not None)
         result = {
             "run_id": self.run.id,
             "epoch": row["epoch"],
             "test_accuracy": row["test_accuracy"],
+            "test_miou": row["test_miou"],
             "train_loss": row["train_loss"],
             "done": self.run.done,
         }

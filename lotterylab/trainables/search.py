@@ -3,23 +3,38 @@
 ``imp`` experiments search data sets × seeds (the methods live inside each lineage); ``pai``
 experiments search data sets × seeds × methods × densities × scoring rounds, one trial per run.
 Sanity-check branches are their own small Tune experiments inside the parent's folder.
+
+A spec with a ``search`` section also varies spec fields. Every configuration runs on the whole
+grid, so each one has a mean and a spread over seeds: random and grid searches list their
+configurations up front and cross them with the grid (``tune.grid_search`` of both); Optuna
+adapts, so ``GridRepeater`` hands each of its suggestions to every grid point and tells it the
+mean of the metric over them. A trial's config holds its grid point and, under ``search``, the
+sampled values; its spec is the experiment's with those values applied, so its lineage or run
+id, and its trial folder, differ from every other configuration's.
 """
 
 from __future__ import annotations
 
+import copy
+import math
+
 import fsspec
 import pyarrow.fs
 from ray import tune
+from ray.tune.search import ConcurrencyLimiter, Searcher
+from ray.tune.search.optuna import OptunaSearch
 
 from lotterylab.platform.data.dataset import ImageDataset
+from lotterylab.platform.ids import canonical_json
 from lotterylab.platform.imp import LineageConfig
 from lotterylab.platform.pai import pai_grid
-from lotterylab.platform.spec import ExperimentSpec
+from lotterylab.platform.spec import Distribution, ExperimentSpec
 from lotterylab.platform.store import normalise_uri
 from lotterylab.trainables.imp_lineage import IMPLineageTrainable
 from lotterylab.trainables.pai_run import PaIRunTrainable, pai_config
 
 TRAINABLES = {"imp": IMPLineageTrainable, "pai": PaIRunTrainable}
+SEARCH_KEY = "search"  # a trial config's sampled values, {dotted key path: value}
 
 
 def tune_storage(uri: str) -> tuple[str, pyarrow.fs.FileSystem | None]:
@@ -42,13 +57,165 @@ def trainable_for(spec: ExperimentSpec, datasets: dict[str, ImageDataset], store
     return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
-def param_space(spec: ExperimentSpec, runs: list[dict] | None = None) -> dict:
+def grid_points(spec: ExperimentSpec, runs: list[dict] | None = None) -> list[dict]:
+    """One config per lineage (data set × seed) or PaI run (… × method × density × rounds)."""
     if spec.kind == "pai":
-        return {"run": tune.grid_search(runs if runs is not None else pai_grid(spec))}
-    return {
-        "dataset": tune.grid_search([data.name for data in spec.datasets]),
-        "seed": tune.grid_search(list(spec.seeds)),
-    }
+        return [{"run": run} for run in (runs if runs is not None else pai_grid(spec))]
+    return [{"dataset": d.name, "seed": s} for d in spec.datasets for s in spec.seeds]
+
+
+def param_space(spec: ExperimentSpec, runs: list[dict] | None = None) -> dict:
+    search = spec.search if runs is None else None  # branches rerun stored runs: no search
+    if search is not None and search.algorithm == "optuna":
+        return {}  # the searcher holds the space and walks the grid itself
+    if spec.kind == "pai":
+        space = {"run": tune.grid_search(runs if runs is not None else pai_grid(spec))}
+    else:
+        space = {
+            "dataset": tune.grid_search([data.name for data in spec.datasets]),
+            "seed": tune.grid_search(list(spec.seeds)),
+        }
+    if search is not None and search.algorithm == "grid":
+        space[SEARCH_KEY] = {p: tune.grid_search(d.grid) for p, d in search.space.items()}
+    elif search is not None:
+        space[SEARCH_KEY] = tune.grid_search(search.configurations())
+    return space
+
+
+def tune_domain(distribution: Distribution):
+    """A distribution of the spec as a Ray Tune search space."""
+    kind, args = distribution.kind, distribution.args
+    if kind == "uniform":
+        return tune.uniform(*args)
+    if kind == "loguniform":
+        return tune.loguniform(*args)
+    if kind == "randint":
+        return tune.randint(*args)
+    if kind == "choice":
+        return tune.choice(list(args))
+    return tune.grid_search(list(args))
+
+
+def trial_spec(spec: ExperimentSpec, config: dict) -> ExperimentSpec:
+    """The spec a trial runs: the experiment's with the trial's sampled values applied."""
+    return spec.with_values(config.get(SEARCH_KEY))
+
+
+class GridRepeater(Searcher):
+    """Runs every configuration a searcher suggests on every point of the experiment's grid.
+
+    The searcher sees one trial per configuration and learns the mean of the metric over the
+    grid (seeds, data sets …) once every point has finished. A configuration it suggests again
+    is not rerun: it learns the known mean (or a failure, if still running) and is asked anew,
+    so no two trials share a lineage or run id. Tune saves its state (``get_state``) next to
+    the searcher's with the experiment, so a resumed search goes on where it stopped.
+    """
+
+    MAX_REPEATS = 100
+
+    def __init__(self, searcher: Searcher, grid: list[dict]):
+        if not grid:
+            raise ValueError("GridRepeater needs at least one grid point")
+        self.searcher = searcher
+        self.grid = grid
+        self._groups: dict[str, dict] = {}  # searcher's trial id -> values, trials, scores
+        self._group_of: dict[str, str] = {}  # Tune trial id -> searcher's trial id
+        self._current: str | None = None
+        self._seen: dict[str, str] = {}  # canonical values -> searcher's trial id
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        group = self._groups.get(self._current) if self._current else None
+        if group is None or len(group["trials"]) == len(self.grid):
+            key = self._ask(trial_id)
+            if key is None or key == Searcher.FINISHED:
+                return key
+            group = self._groups[key]
+            self._current = key
+        point = self.grid[len(group["trials"])]
+        group["trials"].append(trial_id)
+        self._group_of[trial_id] = self._current
+        return {**copy.deepcopy(point), SEARCH_KEY: copy.deepcopy(group["values"])}
+
+    def _ask(self, trial_id: str) -> str | None:
+        for attempt in range(self.MAX_REPEATS):
+            key = trial_id if attempt == 0 else f"{trial_id}-repeat{attempt}"
+            config = self.searcher.suggest(key)
+            if config is None or config == Searcher.FINISHED:
+                return config
+            values = config[SEARCH_KEY]
+            known = self._seen.get(canonical_json(values))
+            if known is None:
+                self._seen[canonical_json(values)] = key
+                self._groups[key] = {"values": values, "trials": [], "scores": {}, "mean": None}
+                return key
+            mean = self._groups[known]["mean"]
+            if mean is None:
+                self.searcher.on_trial_complete(key, error=True)
+            else:
+                self.searcher.on_trial_complete(key, result={self.metric: mean})
+        return Searcher.FINISHED  # the searcher keeps to configurations already run
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        key = self._group_of.get(trial_id)
+        if key is None:
+            return
+        group = self._groups[key]
+        score = (result or {}).get(self.metric)
+        group["scores"][trial_id] = math.nan if score is None else float(score)
+        if len(group["scores"]) < len(self.grid) or group["mean"] is not None:
+            return
+        finite = [s for s in group["scores"].values() if not math.isnan(s)]
+        if finite:
+            group["mean"] = sum(finite) / len(finite)
+            self.searcher.on_trial_complete(key, result={self.metric: group["mean"]})
+        else:
+            self.searcher.on_trial_complete(key, error=True)
+
+    def get_state(self) -> dict:
+        return copy.deepcopy({k: v for k, v in self.__dict__.items() if k != "searcher"})
+
+    def set_state(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+def search_options(spec: ExperimentSpec, runs: list[dict] | None = None) -> dict:
+    """TuneConfig arguments of the spec's search: searcher, samples, early stopping."""
+    search = spec.search if runs is None else None
+    options: dict = {"max_concurrent_trials": spec.run.max_concurrent_trials or None}
+    if search is None:
+        return options
+    if search.algorithm == "optuna":
+        grid = grid_points(spec)
+        space = {SEARCH_KEY: {p: tune_domain(d) for p, d in search.space.items()}}
+        searcher = OptunaSearch(
+            space=OptunaSearch.convert_search_space(space),
+            metric=search.metric,
+            mode=search.mode,
+            seed=search.seed,
+        )
+        trials = search.num_samples * len(grid)
+        # the limiter also tells Tune how many trials may wait for resources at once: without
+        # it Tune asks a custom searcher for one trial at a time
+        options["search_alg"] = ConcurrencyLimiter(
+            GridRepeater(searcher, grid), max_concurrent=spec.run.max_concurrent_trials or trials
+        )
+        options["num_samples"] = trials
+        options["max_concurrent_trials"] = None
+    if search.scheduler is not None:
+        asha = search.scheduler.asha
+        options["scheduler"] = tune.schedulers.ASHAScheduler(
+            time_attr="training_iteration",
+            metric=asha.metric or search.metric,
+            mode=asha.mode or search.mode,
+            max_t=asha.max_t or spec.max_trial_iterations(),
+            grace_period=asha.grace_period,
+            reduction_factor=asha.reduction_factor,
+        )
+    return options
 
 
 def _run_config(spec: ExperimentSpec, storage_root: str, name: str) -> tune.RunConfig:
@@ -67,9 +234,10 @@ def _run_config(spec: ExperimentSpec, storage_root: str, name: str) -> tune.RunC
 
 def trial_dirname_for(spec: ExperimentSpec):
     def trial_dirname(trial) -> str:
+        run_spec = trial_spec(spec, trial.config)
         if spec.kind == "pai":
-            return f"trial-{pai_config(spec, spec.name, trial.config['run']).run_id}"
-        config = LineageConfig(spec.name, trial.config["dataset"], trial.config["seed"], spec)
+            return f"trial-{pai_config(run_spec, spec.name, trial.config['run']).run_id}"
+        config = LineageConfig(spec.name, trial.config["dataset"], trial.config["seed"], run_spec)
         return f"trial-{config.lineage_id}"
 
     return trial_dirname
@@ -88,9 +256,9 @@ def new_tuner(
         trainable_for(spec, datasets, store_uri),
         param_space=param_space(spec, runs),
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=spec.run.max_concurrent_trials or None,
             trial_dirname_creator=trial_dirname_for(spec),
             reuse_actors=False,
+            **search_options(spec, runs),
         ),
         run_config=_run_config(spec, storage_root, name or spec.name),
     )
