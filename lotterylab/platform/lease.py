@@ -13,8 +13,14 @@ Every change to the lease is a compare-and-swap, so two writers can never both w
 - S3: creation is a PUT with ``If-None-Match: *``; renewal and take-over are a PUT with
   ``If-Match: <ETag>`` of the version read; release is a DELETE with ``If-Match``. Each
   write carries a fresh token and serial, so no two versions share an ETag.
+- GCS: the same with generation preconditions: creation is an upload with
+  ``ifGenerationMatch=0``; renewal and take-over an upload with ``ifGenerationMatch`` set to
+  the generation read; release a DELETE with ``ifGenerationMatch``. Every write makes a new
+  generation. A server that ignores preconditions (some emulators do) would let two writers
+  both win, so the lease first checks that a precondition which cannot hold is refused, and
+  refuses the storage otherwise.
 
-Other filesystems (``gs://``, ``memory://``) are refused: they offer no conditional write
+Other filesystems (``memory://``, ``az://`` …) are refused: they offer no conditional write
 through fsspec that this module could rely on.
 
 Expiry is wall-clock time: hosts sharing an experiment need clocks within a small part of
@@ -282,15 +288,111 @@ class _S3Backend:
         return True
 
 
-def _backend(store: ExperimentStore) -> _LocalBackend | _S3Backend:
+class _GCSBackend:
+    """Generation preconditions of Google Cloud Storage (``ifGenerationMatch``) through gcsfs."""
+
+    PROBE = ".lease-precondition-probe"
+
+    def __init__(self, store: ExperimentStore):
+        self.fs = store.fs
+        self.uri = store.uri
+        self.path = store.path(LEASE_FILE)
+        self.bucket, self.key, _ = self.fs.split_path(self.path)
+        self._check_preconditions(self.fs.split_path(store.path(self.PROBE))[1])
+
+    @contextlib.contextmanager
+    def guard(self):
+        yield  # every step below is itself conditional on the server
+
+    def _upload(self, key: str, data: bytes, if_generation_match: str) -> str | None:
+        """One-request upload that lands only if the object's generation is as given."""
+        try:
+            out = self.fs.call(
+                "POST",
+                f"{self.fs._location}/upload/storage/v1/b/{{}}/o",
+                self.bucket,
+                uploadType="media",
+                name=key,
+                ifGenerationMatch=if_generation_match,
+                headers={"Content-Type": "application/octet-stream"},
+                data=data,
+                json_out=True,
+            )
+        except FileExistsError:  # gcsfs raises it for 412 Precondition Failed
+            return None
+        finally:
+            self.fs.invalidate_cache(self.path)
+        return str(out["generation"])
+
+    def _check_preconditions(self, probe_key: str) -> None:
+        # no object has generation 1 (generations are timestamps in microseconds): GCS
+        # answers 412 and writes nothing
+        try:
+            landed = self._upload(probe_key, b"{}", "1")
+        except FileNotFoundError as exc:
+            raise LeaseError(
+                f"cannot hold a writer lease on {self.uri}: bucket {self.bucket!r} was not "
+                f"found ({exc}); create it first or check the URI"
+            ) from exc
+        if landed is None:
+            return
+        with contextlib.suppress(OSError):
+            self.fs.call("DELETE", "b/{}/o/{}", self.bucket, probe_key)
+        raise LeaseError(
+            f"cannot hold a writer lease on {self.uri}: the storage server at "
+            f"{self.fs._location} ignored a generation precondition (ifGenerationMatch), so it "
+            "cannot keep a second writer out. Google Cloud Storage honours them; a local "
+            "emulator may not: point STORAGE_EMULATOR_HOST at one that does, or use s3:// or "
+            "a local path"
+        )
+
+    def read(self) -> tuple[bytes, str] | None:
+        """Content and generation; the media read is pinned to the generation looked up."""
+        for _ in range(_ATTEMPTS):
+            try:
+                meta = self.fs.call("GET", "b/{}/o/{}", self.bucket, self.key, json_out=True)
+            except FileNotFoundError:
+                return None
+            generation = str(meta["generation"])
+            try:
+                _, data = self.fs.call(
+                    "GET", "b/{}/o/{}", self.bucket, self.key, alt="media", generation=generation
+                )
+            except FileNotFoundError:
+                continue  # replaced or removed between the two requests: look again
+            return data, generation
+        raise LeaseError(
+            f"lease file {self.uri}/{LEASE_FILE} changed on every one of {_ATTEMPTS} reads; "
+            "another writer is rewriting it continuously"
+        )
+
+    def create(self, data: bytes) -> str | None:
+        return self._upload(self.key, data, "0")
+
+    def replace(self, data: bytes, version: str) -> str | None:
+        return self._upload(self.key, data, version)
+
+    def delete(self, version: str) -> bool:
+        try:
+            self.fs.call("DELETE", "b/{}/o/{}", self.bucket, self.key, ifGenerationMatch=version)
+        except (FileExistsError, FileNotFoundError):
+            return False
+        finally:
+            self.fs.invalidate_cache(self.path)
+        return True
+
+
+def _backend(store: ExperimentStore) -> _LocalBackend | _S3Backend | _GCSBackend:
     if store.is_local:
         return _LocalBackend(store)
     protocols = store.fs.protocol if isinstance(store.fs.protocol, tuple) else (store.fs.protocol,)
     if {"s3", "s3a"} & set(protocols):
         return _S3Backend(store)
+    if {"gs", "gcs"} & set(protocols):
+        return _GCSBackend(store)
     raise LeaseError(
-        f"cannot hold a writer lease on {store.uri}: leases need a local path or s3:// "
-        f"(filesystem {type(store.fs).__name__} offers no conditional write)"
+        f"cannot hold a writer lease on {store.uri}: leases need a local path or s3:// or "
+        f"gs:// (filesystem {type(store.fs).__name__} offers no conditional write)"
     )
 
 

@@ -91,10 +91,18 @@ class ExperimentStore:
             raise StoreError(f"missing file {self.url(rel)}") from exc
 
     def exists(self, rel: str) -> bool:
-        return self.fs.exists(self.path(rel))
+        target = self.path(rel)
+        if not self.is_local:
+            # object-store clients answer from cached listings: another process may have
+            # written the object since
+            self.fs.invalidate_cache(target)
+        return self.fs.exists(target)
 
     def list(self, rel: str) -> list[str]:
         """Names directly under a folder (empty when the folder does not exist)."""
+        if not self.is_local:
+            # a cached listing would miss what other processes added below the folder since
+            self.fs.invalidate_cache()
         try:
             entries = self.fs.ls(self.path(rel), detail=False)
         except FileNotFoundError:
@@ -151,6 +159,10 @@ class ExperimentStore:
     def read_table(self, table: str) -> pa.Table:
         """All finished part files of a table (temp files are skipped by their dot prefix)."""
         folder = self.path("tables", table)
+        if not self.is_local:
+            # cached listings hold the ETags of parts other writers may have replaced since;
+            # reading a replaced part with a stale ETag fails (412) instead of reading it
+            self.fs.invalidate_cache()
         if not self.fs.exists(folder):
             return SCHEMAS[table].empty_table()
         files = sorted(
