@@ -2,6 +2,7 @@
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -143,3 +144,35 @@ def test_trial_device_is_the_cpu_without_a_visible_gpu():
     assert trial_device(0).type == "cpu"
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert trial_device(0.25).type == expected
+
+
+def test_segmentation_runs_score_on_label_maps(pai_spec_dict, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    root = tmp_path / "voc"
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    (root / "SegmentationClass").mkdir()
+    names = [f"i{k}" for k in range(6)]
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(names[:4]))
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(names[4:]))
+    for name in names:
+        photo = rng.integers(0, 256, (32, 32, 3), dtype="uint8")
+        Image.fromarray(photo).save(root / "JPEGImages" / f"{name}.jpg")
+        labels = rng.integers(0, 21, (32, 32)).astype("uint8")
+        labels[:2] = 255  # object borders: unlabelled
+        Image.fromarray(labels, mode="P").save(root / "SegmentationClass" / f"{name}.png")
+    pai_spec_dict["datasets"] = [{"name": "nlgp3", "type": "voc", "root": str(root), "size": 32}]
+    pai_spec_dict["model"] = {"name": "deeplabv3_resnet50"}
+    pai_spec_dict["training"].update(
+        augment="none", epochs=1, lr_drops=[], batch_size=4, eval_batch_size=2
+    )
+    pai_spec_dict["pai"].update(methods=["snip"], scoring_batch_size=4)
+    run, store = make_run(pai_spec_dict, tmp_path, density=0.5)
+    row = run.prune()
+    assert row["actual_density"] == pytest.approx(0.5, abs=1e-4)
+    run.run_epoch()
+    epochs = store.read_table("pai_epochs").to_pylist()
+    assert {r["epoch"] for r in epochs} == {0, 1}
+    assert all(0.0 <= r["test_miou"] <= 1.0 for r in epochs)

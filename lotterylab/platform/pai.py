@@ -211,6 +211,19 @@ class PaIRun:
         )
 
     def _scoring_batches(self, batches: int, batch_size: int):
+        seed = derived_seed(self.config.seed, "scoring-data")
+        if self.data.train_y.dim() > 1:  # label maps: no image class to balance over
+            order = torch.randperm(
+                self.data.size("train"), generator=torch.Generator().manual_seed(seed)
+            )
+            index = order[: batches * batch_size].reshape(batches, batch_size)
+            return [
+                (
+                    self.data.batch("train", i).view(batch_size, *self.data.image_shape),
+                    self.data.train_y[i],
+                )
+                for i in index
+            ]
         count = min(self.data.size("train"), batches * batch_size * 4)
         x = self.data.batch("train", torch.arange(count))
         return scoring_batches(
@@ -219,7 +232,7 @@ class PaIRun:
             self.data.num_classes,
             batches=batches,
             batch_size=batch_size,
-            seed=derived_seed(self.config.seed, "scoring-data"),
+            seed=seed,
             image_shape=self.data.image_shape,
         )
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from lotterylab.platform.data.dataset import IGNORE_LABEL
 from lotterylab.platform.pruning.network import on_device, require_data
 from lotterylab.platform.schema import Strict
 
@@ -25,7 +26,8 @@ def loss_gradients(net, weights, data, temperature: float, train: bool, create_g
     total = None
     for batch in data:
         x, y = on_device(net, batch)
-        loss = F.cross_entropy(net(x, weights, train=train) / temperature, y)
+        logits = net(x, weights, train=train) / temperature
+        loss = F.cross_entropy(logits, y, ignore_index=IGNORE_LABEL)  # label maps: unlabelled
         grads = torch.autograd.grad(loss, leaves, create_graph=create_graph, materialize_grads=True)
         total = list(grads) if total is None else [t + g for t, g in zip(total, grads, strict=True)]
     return dict(zip(net.names, total, strict=True))
