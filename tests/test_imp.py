@@ -179,3 +179,23 @@ def test_biases_and_output_layer_can_be_pruned(tiny_spec_dict, tmp_path):
     for i, layer in enumerate(model.layers):
         pruned = ~mk.mask_after_round(rr[f"layers.{i}.bias"], 1)
         assert bool((layer.bias.detach()[pruned] == 0).all())
+
+
+def test_stacked_trainings_of_a_round_equal_one_at_a_time(tiny_spec_dict, tmp_path):
+    tiny_spec_dict["training"].update(optimizer="nesterov", momentum=0.9, weight_decay=1e-3)
+    rows, masks = {}, {}
+    for setting in ("off", "auto"):
+        tiny_spec_dict["run"]["batch_lineages"] = setting
+        lineage, store = make_lineage(tiny_spec_dict, tmp_path, folder=setting)
+        assert lineage._stack_size() == (1 if setting == "off" else 3)
+        run_all(lineage)
+        masks[setting] = lineage.removal_rounds
+        rows[setting] = sorted(
+            store.read_table("rounds").to_pylist(), key=lambda r: (r["round"], r["method"])
+        )
+    for method, tensors in masks["off"].items():
+        for name, removal in tensors.items():
+            assert torch.equal(removal, masks["auto"][method][name]), (method, name)
+    for one, stacked in zip(rows["off"], rows["auto"], strict=True):
+        assert (one["method"], one["round"]) == (stacked["method"], stacked["round"])
+        assert stacked["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=1e-2)

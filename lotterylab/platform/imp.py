@@ -6,6 +6,10 @@ alive in round n − 1 by |θ(T)|. The siblings share the lineage's dense θ(T) 
 at the end of every round each picks its next mask at IMP's per-tensor counts by its own
 criterion (``imp_methods``), and is trained from θ(t_rewind) when it asks to be.
 
+The methods' trainings of a round all start from θ(t_rewind) and run the same steps, so FCN
+lineages train them as one stacked computation (``run.batch_lineages``; ``platform.batched``),
+each with its own mask and batches, equal to training them one at a time to float rounding.
+
 Each round also measures, for every method, the first-layer pre-activation kurtosis at
 θ(t_rewind) ⊙ the mask that round trains; when the lineage ends, the cavity scores of every
 round are grouped by the round in which each weight was eventually removed. The procedure
@@ -22,6 +26,7 @@ import torch
 from torch import nn
 
 from lotterylab.platform import masks as mk
+from lotterylab.platform.batched import train_batched
 from lotterylab.platform.data.dataset import ImageDataset
 from lotterylab.platform.ids import lineage_id
 from lotterylab.platform.imp_methods import RoundContext, sibling
@@ -32,6 +37,7 @@ from lotterylab.platform.metrics import (
     rf_width_summary,
 )
 from lotterylab.platform.models import apply_masks, build_model, first_layer_name, prunable_names
+from lotterylab.platform.models.fcn import FCN
 from lotterylab.platform.seeds import derived_seed
 from lotterylab.platform.spec import ExperimentSpec
 from lotterylab.platform.store import ExperimentStore
@@ -80,9 +86,7 @@ class LineageConfig:
             "kind": self.spec.kind,
             "data": _data_identity(self.spec, self.dataset),
             "model": self.spec.model.model_dump(mode="json"),
-            "training": _identity_section(
-                "training", self.spec.training.model_dump(mode="json")
-            ),
+            "training": _identity_section("training", self.spec.training.model_dump(mode="json")),
             "imp": _identity_section("imp", self.spec.imp.model_dump(mode="json")),
         }
 
@@ -122,6 +126,7 @@ class IMPLineage:
         self.first_layer = first_layer_name(model)
         # kurtosis, cavity scores and RF widths read a dense first layer on pixels (the FCN)
         self.dense_first_layer = hasattr(model, "first_layer_inputs")
+        self.stackable = isinstance(model, FCN)  # what train_batched stacks
         params = dict(model.named_parameters())
         shapes = {n: params[n].shape for n in self.names}
         self.next_round = 0
@@ -167,7 +172,7 @@ class IMPLineage:
             # the dense net is every method's round 0: one training, a row per method
             results = {m: (evaluation, self.dense_final, elapsed) for m in self.methods}
         else:
-            results = {m: self._sparse_round(m, n) for m in self.methods}
+            results = self._sparse_rounds(n)
         rows = []
         for method, (evaluation, _, elapsed) in results.items():
             masks = mk.masks_after_round(self.removal_rounds[method], n - 1)
@@ -201,26 +206,61 @@ class IMPLineage:
     def _trains(self, method: str) -> bool:
         return method == IMP or self.siblings[method].trains(self.imp.train_baselines)
 
-    def _sparse_round(self, method: str, n: int):
-        """Evaluation, trained prunable weights (None if untrained) and wall time of a method."""
-        start = time.perf_counter()
-        if not self._trains(method):
-            return None, None, time.perf_counter() - start
-        masks = mk.masks_after_round(self.removal_rounds[method], n - 1)
-        model = self._rewound_model(masks)
-        train(
-            model,
-            self.data,
-            self.spec.training,
-            self._train_seed(method, n),
-            start_step=self.spec.training.rewind_step,
-            device=self.device,
-            masks={k: v.to(self.device) for k, v in masks.items()},
-        )
-        params = dict(model.named_parameters())
-        trained = {name: params[name].detach().cpu() for name in self.names}
-        evaluation = evaluate(model, self.data, self.spec.training.eval_batch_size, self.device)
-        return evaluation, trained, time.perf_counter() - start
+    def _stack_size(self) -> int:
+        """How many of a round's trainings share one stacked computation (1 = one at a time)."""
+        setting = self.spec.run.batch_lineages
+        if setting == "off" or not self.stackable:
+            return 1
+        return len(self.methods) if setting == "auto" else setting
+
+    def _sparse_rounds(self, n: int) -> dict:
+        """Evaluation, trained prunable weights (None if untrained) and wall time per method.
+
+        Every method trains from θ(t_rewind) for the same steps, so the trainings stack: one
+        batched computation trains them together, each with its own mask and batches.
+        """
+        training = [m for m in self.methods if self._trains(m)]
+        results = {m: (None, None, 0.0) for m in self.methods if m not in training}
+        size = self._stack_size()
+        for first in range(0, len(training), size):
+            group = training[first : first + size]
+            start = time.perf_counter()
+            masks = {m: mk.masks_after_round(self.removal_rounds[m], n - 1) for m in group}
+            models = {m: self._rewound_model(masks[m]) for m in group}
+            device_masks = {m: {k: v.to(self.device) for k, v in masks[m].items()} for m in group}
+            seeds = [self._train_seed(m, n) for m in group]
+            start_step = self.spec.training.rewind_step
+            if len(group) == 1:
+                (method,) = group
+                train(
+                    models[method],
+                    self.data,
+                    self.spec.training,
+                    seeds[0],
+                    start_step=start_step,
+                    device=self.device,
+                    masks=device_masks[method],
+                )
+            else:
+                train_batched(
+                    [models[m] for m in group],
+                    [self.data] * len(group),
+                    self.spec.training,
+                    seeds,
+                    start_step=start_step,
+                    masks=[device_masks[m] for m in group],
+                    device=self.device,
+                )
+            shared = (time.perf_counter() - start) / len(group)
+            for method, model in models.items():
+                begin = time.perf_counter()
+                params = dict(model.named_parameters())
+                trained = {name: params[name].detach().cpu() for name in self.names}
+                evaluation = evaluate(
+                    model, self.data, self.spec.training.eval_batch_size, self.device
+                )
+                results[method] = (evaluation, trained, shared + time.perf_counter() - begin)
+        return {m: results[m] for m in self.methods}
 
     def _prune(self, n: int, trained: dict[str, dict[str, torch.Tensor] | None]) -> None:
         """IMP removes ``fraction`` of its alive weights by |θ(T)|; siblings match its counts."""

@@ -217,6 +217,11 @@ class RunSpec(Strict):
     max_concurrent_trials: Annotated[int, Field(ge=0)] = Field(
         0, description="0 = as many as resources allow"
     )
+    batch_lineages: Literal["auto", "off"] | Annotated[int, Field(ge=1)] = Field(
+        "auto",
+        description="train the methods of an IMP round (IMP and its trained siblings) as one "
+        "stacked computation: auto = on for FCN models, off, or K = at most K per stack",
+    )
 
 
 class ComponentsSpec(Strict):
