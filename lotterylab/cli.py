@@ -39,6 +39,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     figures.add_argument("--out", help="where comparison figures go (default: the first's)")
 
+    analyze = commands.add_parser(
+        "analyze",
+        help="cavity scores, NTK spectra, layer widths and kurtosis of a stored experiment, "
+        "on a Ray actor pool (only what is not stored yet)",
+    )
+    analyze.add_argument("experiment", help="experiment URI, e.g. ./results/default")
+    analyze.add_argument(
+        "--what",
+        default="cavity,ntk,width,kurtosis",
+        help="comma-separated analyses: cavity, ntk, width, kurtosis (kurtosis includes RF "
+        "widths); default: all",
+    )
+    analyze.add_argument(
+        "--workers", type=int, help="actors in the pool (default: one per CPU, 4 per GPU)"
+    )
+    analyze.add_argument("--address", help="Ray cluster address; default: embedded")
+    analyze.add_argument(
+        "--samples", type=int, default=100, help="inputs N of the NTK spectra (default 100)"
+    )
+
     branch = commands.add_parser(
         "branch", help="sanity-check branches (reinit, shuffle, invert) of stored PaI runs"
     )
@@ -74,6 +94,10 @@ def _grid_summary(spec) -> str:
             f" × {len(pai.methods)} methods × {len(pai.densities)} densities"
             f" × rounds {pai.rounds} (single-shot methods once) = {len(pai_grid(spec))} PaI runs"
         )
+    if spec.search is not None:
+        configurations = spec.search.configurations()
+        count = len(configurations) if configurations is not None else spec.search.num_samples
+        grid += f" × {count} {spec.search.algorithm} configurations"
     return grid
 
 
@@ -94,6 +118,30 @@ def _report(outcome) -> int:
         for error in outcome.errored_trials:
             print(f"  {error}", file=sys.stderr)
         print(f"continue with: lotterylab resume {outcome.uri}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def _report_analysis(outcome) -> int:
+    print(
+        f"\nanalysis of {outcome.uri}: {outcome.units} units on {outcome.workers} worker(s), "
+        f"{outcome.wall_time_s:.1f} s"
+    )
+    for what in outcome.computed:
+        if what in outcome.not_applicable:
+            print(f"  {what}: skipped, {outcome.not_applicable[what]}")
+        else:
+            print(
+                f"  {what}: {outcome.computed[what]} computed, "
+                f"{outcome.skipped[what]} already stored"
+            )
+    for path in outcome.figures:
+        print(f"  {path}")
+    if outcome.failed:
+        print(f"{len(outcome.failed)} unit(s) failed:", file=sys.stderr)
+        for error in outcome.failed:
+            print(f"  {error}", file=sys.stderr)
+        print(f"compute them again with: lotterylab analyze {outcome.uri}", file=sys.stderr)
         return EXIT_FAILED
     return 0
 
@@ -125,6 +173,14 @@ def main(argv: list[str] | None = None) -> int:
             for path in write_report(target, out=args.out):
                 print(path)
             return 0
+        if args.command == "analyze":
+            from lotterylab.cluster.analyze import analyze_experiment
+            from lotterylab.platform.analysis_units import parse_what
+
+            what = parse_what(args.what)  # a bad name is exit 2 before any work
+            return _report_analysis(
+                analyze_experiment(args.experiment, what, args.workers, args.address, args.samples)
+            )
         if args.command == "branch":
             from lotterylab.cluster.launch import branch_experiment
 

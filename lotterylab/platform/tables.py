@@ -119,7 +119,78 @@ PAI_MASKS_SCHEMA = pa.schema(
     ]
 )
 
+# tables of `lotterylab analyze`: one row per analysis unit, named analysis_<what>
+CAVITY, NTK, WIDTH, KURTOSIS = "cavity", "ntk", "width", "kurtosis"
+_ANALYSIS_FIELDS = [
+    pa.field("experiment", pa.string(), nullable=False),
+    pa.field("source_id", pa.string(), nullable=False),  # lineage, run or dense reference id
+    pa.field("source", pa.string(), nullable=False),  # lineage | run | dense
+    pa.field("kind", pa.string(), nullable=False),  # imp | pai
+    pa.field("method", pa.string(), nullable=False),  # "dense" for the unpruned reference
+    pa.field("dataset", pa.string(), nullable=False),
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("seed", pa.int64(), nullable=False),
+    pa.field("round", pa.int64()),  # IMP round (its mask is the one that round trains)
+    pa.field("density", pa.float64()),  # PaI target density; 1.0 for the dense reference
+    pa.field("rounds", pa.int64()),  # PaI scoring rounds T
+    pa.field("branch", pa.string(), nullable=False),  # PaI sanity-check branch, "" for a trunk
+    pa.field("artifact", pa.string(), nullable=False),  # the unit's output in the store
+]
+ANALYSIS_SCHEMAS: dict[str, pa.Schema] = {
+    f"analysis_{CAVITY}": pa.schema(
+        [
+            *_ANALYSIS_FIELDS,
+            pa.field("n_alive", pa.int64(), nullable=False),  # N_W, alive first-layer weights
+            pa.field("n_scored", pa.int64(), nullable=False),  # alive weights with a score
+            pa.field("cavity_mean", pa.float64()),  # mean of N_W · score over scored weights
+            pa.field("positive_fraction", pa.float64()),  # scored weights whose removal
+            # makes λ less Gaussian
+        ]
+    ),
+    f"analysis_{NTK}": pa.schema(
+        [
+            *_ANALYSIS_FIELDS,
+            pa.field("init", pa.string(), nullable=False),  # seed purpose of the weights
+            pa.field("samples", pa.int64(), nullable=False),  # N inputs actually used
+            pa.field("outputs", pa.int64(), nullable=False),  # K logits per input
+            pa.field("eig_max", pa.float64(), nullable=False),
+            pa.field("eig_median", pa.float64(), nullable=False),
+            pa.field("eig_min", pa.float64(), nullable=False),
+            pa.field("trace", pa.float64(), nullable=False),
+            pa.field("rank", pa.int64(), nullable=False),  # eigenvalues above rounding
+            pa.field("actual_density", pa.float64(), nullable=False),
+        ]
+    ),
+    f"analysis_{WIDTH}": pa.schema(
+        [
+            *_ANALYSIS_FIELDS,
+            pa.field("actual_density", pa.float64(), nullable=False),
+            pa.field("layer_density", pa.map_(pa.string(), pa.float64()), nullable=False),
+            pa.field("active_units", pa.map_(pa.string(), pa.int64()), nullable=False),
+            pa.field("total_units", pa.map_(pa.string(), pa.int64()), nullable=False),
+            pa.field("collapsed", pa.bool_(), nullable=False),
+        ]
+    ),
+    f"analysis_{KURTOSIS}": pa.schema(
+        [
+            *_ANALYSIS_FIELDS,
+            pa.field("sparsity_first_layer", pa.float64(), nullable=False),
+            pa.field("kurtosis_mean", pa.float64()),  # over units and classes
+            pa.field("kurtosis_all_mean", pa.float64()),  # over units, all inputs pooled
+            pa.field("kurtosis_median", pa.float64()),
+            pa.field("rf_width_median", pa.float64()),
+            pa.field("rf_width_mean", pa.float64()),
+            pa.field("rf_width_y_median", pa.float64()),
+            pa.field("rf_width_y_mean", pa.float64()),
+            pa.field("rf_width_cross_median", pa.float64()),
+            pa.field("rf_width_cross_mean", pa.float64()),
+            pa.field("empty_units", pa.int64(), nullable=False),
+        ]
+    ),
+}
+
 SCHEMAS: dict[str, pa.Schema] = {
+    **ANALYSIS_SCHEMAS,
     ROUNDS_TABLE: ROUNDS_SCHEMA,
     KURTOSIS_TABLE: KURTOSIS_SCHEMA,
     CAVITY_TABLE: CAVITY_SCHEMA,
