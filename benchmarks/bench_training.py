@@ -89,10 +89,7 @@ def bench_fcn(steps: int, repeats: int) -> dict:
     masks = random_masks(fcn, names, 0.5, 1)
     apply_masks(fcn, masks)
     plain = fcn_as_sequential(fcn)
-    plain_masks = {
-        f"{3 * i + 1}.weight": masks[f"layers.{i}.weight"]
-        for i in range(len(names))
-    }
+    plain_masks = {f"{3 * i + 1}.weight": masks[f"layers.{i}.weight"] for i in range(len(names))}
     x_all, y_all = data.train_x, data.train_y
     order = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(2))[: steps * batch]
     plain_opt = torch.optim.SGD(plain.parameters(), lr=spec.lr)

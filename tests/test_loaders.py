@@ -44,8 +44,11 @@ def write_imagenet32(root, rng, size=32, batches=2, per_batch=6, val=5, classes=
     for b in range(1, batches + 1):
         data = rng.integers(0, 256, (per_batch, width), dtype=np.uint8)
         labels = rng.integers(1, classes + 1, per_batch).tolist()
-        _save(root / f"train_data_batch_{b}", {"data": data, "labels": labels,
-                                               "mean": data.mean(0)}, fmt)
+        _save(
+            root / f"train_data_batch_{b}",
+            {"data": data, "labels": labels, "mean": data.mean(0)},
+            fmt,
+        )
         train.append(data)
         train_y += labels
     data = rng.integers(0, 256, (val, width), dtype=np.uint8)
@@ -56,8 +59,14 @@ def write_imagenet32(root, rng, size=32, batches=2, per_batch=6, val=5, classes=
 
 def test_every_source_is_registered():
     assert set(source_names()) == {
-        "nlgp", "gaussian_clone", "imagenet32", "cifar10", "cifar100", "image_folder",
-        "tiny_imagenet", "voc",
+        "nlgp",
+        "gaussian_clone",
+        "imagenet32",
+        "cifar10",
+        "cifar100",
+        "image_folder",
+        "tiny_imagenet",
+        "voc",
     }
 
 
@@ -121,8 +130,11 @@ def test_restricted_unpickler_refuses_code(tmp_path):
 
     with open(root / "train_data_batch_1", "wb") as file:
         pickle.dump({"data": Payload()}, file)
-    with pytest.raises(DataFileError, match=r"train_data_batch_1: refusing to unpickle global "
-                                            r"(posix|os)\.system"):
+    with pytest.raises(
+        DataFileError,
+        match=r"train_data_batch_1: refusing to unpickle global "
+        r"(posix|os)\.system",
+    ):
         build(type="imagenet32", root=str(root))
 
 
@@ -190,8 +202,9 @@ def test_cifar_python_folders_normalise_per_channel(tmp_path, kind):
     assert data.num_classes == (10 if kind == "cifar10" else 100)
     limited = build(type=kind, root=str(tmp_path), normalize="pixel_mean", n_train=6)
     mean = train[:6].astype(np.float64).mean(0)
-    np.testing.assert_allclose(limited.features("train").numpy(), (train[:6] - mean) / 255,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        limited.features("train").numpy(), (train[:6] - mean) / 255, atol=1e-5
+    )
 
 
 def _png(path, array):
@@ -320,14 +333,18 @@ def _write_moment_source(root, rng, size, classes, per_class, fmt):
 
 def test_gaussian_clone_of_an_imagenet32_folder_matches_class_moments(tmp_path):
     size, classes, per_class = 4, 3, 3000
-    x, labels = _write_moment_source(tmp_path / "src", np.random.default_rng(2), size, classes,
-                                     per_class, "pickle")
+    x, labels = _write_moment_source(
+        tmp_path / "src", np.random.default_rng(2), size, classes, per_class, "pickle"
+    )
     summary = build_gaussian_clone(
         str(tmp_path / "src"), str(tmp_path / "gp"), seed=0, progress=False, image_size=size
     )
     assert "9000 train and 30 val images of 3 classes" in summary
     assert sorted(os.listdir(tmp_path / "gp")) == [
-        "complete.json", "train_data_batch_1", "train_data_batch_2", "val_data"
+        "complete.json",
+        "train_data_batch_1",
+        "train_data_batch_2",
+        "val_data",
     ]
     assert not any(p.name.startswith(".gp") for p in tmp_path.iterdir())  # scratch removed
     clone = build(type="imagenet32", root=str(tmp_path / "gp"), image_size=size)
@@ -348,8 +365,9 @@ def test_gaussian_clone_of_an_imagenet32_folder_matches_class_moments(tmp_path):
         cb = np.cov(b.reshape(-1, 3, size * size)[:, 1].T)
         assert np.linalg.norm(ca - cb) < 0.15 * np.linalg.norm(ca)  # sampling error ~0.05
     with pytest.raises(DataFileError, match="already holds"):
-        build_gaussian_clone(str(tmp_path / "src"), str(tmp_path / "gp"), progress=False,
-                             image_size=size)
+        build_gaussian_clone(
+            str(tmp_path / "src"), str(tmp_path / "gp"), progress=False, image_size=size
+        )
 
 
 def test_gaussian_clone_keeps_npz_and_fits_on_a_prefix(tmp_path):
@@ -363,7 +381,10 @@ def test_gaussian_clone_keeps_npz_and_fits_on_a_prefix(tmp_path):
     assert clone.size("train") == 60 and clone.image_shape == (3, 8, 8)
     with pytest.raises(DataFileError, match="raise fit_limit"):
         build_gaussian_clone(
-            str(tmp_path / "src"), str(tmp_path / "few"), fit_limit=2, progress=False,
+            str(tmp_path / "src"),
+            str(tmp_path / "few"),
+            fit_limit=2,
+            progress=False,
             image_size=8,
         )
 

@@ -196,7 +196,10 @@ def test_trials_spread_over_the_worker_nodes(spread_run):
     assert set(per_node) == spread_run["workers"], (per_node, spread_run["head"])
     rows = store.read_table("rounds").to_pylist()
     assert {(r["dataset"], r["seed"], r["round"], r["method"]) for r in rows} == {
-        (d.name, s, n, m) for d in spec.datasets for s in spec.seeds for n in (0, 1)
+        (d.name, s, n, m)
+        for d in spec.datasets
+        for s in spec.seeds
+        for n in (0, 1)
         for m in IMP_METHODS
     }
 

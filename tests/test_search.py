@@ -46,59 +46,133 @@ LR = {"training.lr": {"loguniform": [0.01, 1.0]}}
 @pytest.mark.parametrize(
     "search, path, fragment",
     [
-        ({"space": {"training.learning_rate": {"uniform": [0.1, 1]}}},
-         "search.space.training.learning_rate", "allowed: ['imp.fraction'"),
+        (
+            {"space": {"training.learning_rate": {"uniform": [0.1, 1]}}},
+            "search.space.training.learning_rate",
+            "allowed: ['imp.fraction'",
+        ),
         ({"space": {"seeds": {"choice": [1, 2]}}}, "search.space.seeds", "allowed:"),
-        ({"space": {"datasets.0.gain": {"uniform": [1, 2]}}}, "search.space.datasets.0.gain",
-         "allowed:"),
-        ({"space": {"training.lr": {"uniform": [-1.0, 1.0]}}}, "search.space.training.lr",
-         "Input should be greater than 0"),
-        ({"space": {"training.lr": {"loguniform": [0.0, 1.0]}}},
-         "search.space.training.lr.loguniform.0", "greater than 0"),
-        ({"space": {"training.lr": {"uniform": [0.1, float("inf")]}}},
-         "search.space.training.lr.uniform.1", "finite number"),
-        ({"space": {"training.lr": {"uniform": [1.0, 0.1]}}}, "search.space.training.lr",
-         "low must be smaller than high"),
-        ({"space": {"training.lr": {"uniform": [0.1, 1], "choice": [0.1]}}},
-         "search.space.training.lr", "exactly one of"),
-        ({"space": {"training.lr": {"normal": [0, 1]}}}, "search.space.training.lr.normal",
-         "unknown key"),
-        ({"space": {"training.batch_size": {"loguniform": [10, 100]}}},
-         "search.space.training.batch_size", "allowed: randint, choice, grid"),
-        ({"space": {"training.batch_size": {"randint": [10, 402]}}},
-         "search.space.training.batch_size", "exceeds the n_train (400)"),
-        ({"space": {"training.rewind_step": {"choice": [0, 20, 200]}}},
-         "search.space.training.rewind_step", "rewind_step (200) must be smaller than steps"),
-        ({"space": {"training.steps": {"choice": [10, 100]},
-                    "training.rewind_step": {"choice": [5, 50]}}, "num_samples": 2},
-         "search.space", "training.steps=10, training.rewind_step=50"),
-        ({"space": {"imp.scope": {"uniform": [0, 1]}}}, "search.space.imp.scope",
-         "allowed: choice, grid"),
-        ({"space": {"imp.scope": {"choice": ["layer", "global"]}}, "num_samples": 3},
-         "search.num_samples", "exceeds the 2 distinct configurations"),
-        ({"space": {"training.lr": {"choice": [0.1, 0.1]}}}, "search.space.training.lr",
-         "must not repeat"),
-        ({"space": {"training.lr": {"choice": [0.1, 0.2]}}, "algorithm": "grid"},
-         "search.space.training.lr", "algorithm grid takes grid values only"),
-        ({"space": {"training.lr": {"grid": [0.1, 0.2]}}, "algorithm": "optuna"},
-         "search.space.training.lr", "grid values need algorithm: grid"),
-        ({"space": {"training.lr": {"grid": [0.1, 0.2]}}, "algorithm": "grid", "num_samples": 4},
-         "search.num_samples", "every combination once"),
+        (
+            {"space": {"datasets.0.gain": {"uniform": [1, 2]}}},
+            "search.space.datasets.0.gain",
+            "allowed:",
+        ),
+        (
+            {"space": {"training.lr": {"uniform": [-1.0, 1.0]}}},
+            "search.space.training.lr",
+            "Input should be greater than 0",
+        ),
+        (
+            {"space": {"training.lr": {"loguniform": [0.0, 1.0]}}},
+            "search.space.training.lr.loguniform.0",
+            "greater than 0",
+        ),
+        (
+            {"space": {"training.lr": {"uniform": [0.1, float("inf")]}}},
+            "search.space.training.lr.uniform.1",
+            "finite number",
+        ),
+        (
+            {"space": {"training.lr": {"uniform": [1.0, 0.1]}}},
+            "search.space.training.lr",
+            "low must be smaller than high",
+        ),
+        (
+            {"space": {"training.lr": {"uniform": [0.1, 1], "choice": [0.1]}}},
+            "search.space.training.lr",
+            "exactly one of",
+        ),
+        (
+            {"space": {"training.lr": {"normal": [0, 1]}}},
+            "search.space.training.lr.normal",
+            "unknown key",
+        ),
+        (
+            {"space": {"training.batch_size": {"loguniform": [10, 100]}}},
+            "search.space.training.batch_size",
+            "allowed: randint, choice, grid",
+        ),
+        (
+            {"space": {"training.batch_size": {"randint": [10, 402]}}},
+            "search.space.training.batch_size",
+            "exceeds the n_train (400)",
+        ),
+        (
+            {"space": {"training.rewind_step": {"choice": [0, 20, 200]}}},
+            "search.space.training.rewind_step",
+            "rewind_step (200) must be smaller than steps",
+        ),
+        (
+            {
+                "space": {
+                    "training.steps": {"choice": [10, 100]},
+                    "training.rewind_step": {"choice": [5, 50]},
+                },
+                "num_samples": 2,
+            },
+            "search.space",
+            "training.steps=10, training.rewind_step=50",
+        ),
+        (
+            {"space": {"imp.scope": {"uniform": [0, 1]}}},
+            "search.space.imp.scope",
+            "allowed: choice, grid",
+        ),
+        (
+            {"space": {"imp.scope": {"choice": ["layer", "global"]}}, "num_samples": 3},
+            "search.num_samples",
+            "exceeds the 2 distinct configurations",
+        ),
+        (
+            {"space": {"training.lr": {"choice": [0.1, 0.1]}}},
+            "search.space.training.lr",
+            "must not repeat",
+        ),
+        (
+            {"space": {"training.lr": {"choice": [0.1, 0.2]}}, "algorithm": "grid"},
+            "search.space.training.lr",
+            "algorithm grid takes grid values only",
+        ),
+        (
+            {"space": {"training.lr": {"grid": [0.1, 0.2]}}, "algorithm": "optuna"},
+            "search.space.training.lr",
+            "grid values need algorithm: grid",
+        ),
+        (
+            {"space": {"training.lr": {"grid": [0.1, 0.2]}}, "algorithm": "grid", "num_samples": 4},
+            "search.num_samples",
+            "every combination once",
+        ),
         ({"space": LR, "algorithm": "bayes"}, "search.algorithm", "'bayes'"),
         ({"space": LR, "metric": "loss"}, "search.metric", "allowed: ['test_accuracy'"),
         ({"space": LR, "metric": "test_accuracy", "mode": "best"}, "search.mode", "'best'"),
-        ({"space": LR, "scheduler": {"asha": {"metric": "train_loss"}}},
-         "search.scheduler.asha.metric", "not reported by kind imp"),
-        ({"space": LR, "scheduler": {"asha": {"grace_period": 4}}},
-         "search.scheduler.asha.grace_period", "make it at most 3"),
-        ({"space": LR, "scheduler": {"asha": {"reduction_factor": 1}}},
-         "search.scheduler.asha.reduction_factor", "greater than 1"),
-        ({"space": LR, "scheduler": {"hyperband": {}}}, "search.scheduler.hyperband",
-         "unknown key"),
+        (
+            {"space": LR, "scheduler": {"asha": {"metric": "train_loss"}}},
+            "search.scheduler.asha.metric",
+            "not reported by kind imp",
+        ),
+        (
+            {"space": LR, "scheduler": {"asha": {"grace_period": 4}}},
+            "search.scheduler.asha.grace_period",
+            "make it at most 3",
+        ),
+        (
+            {"space": LR, "scheduler": {"asha": {"reduction_factor": 1}}},
+            "search.scheduler.asha.reduction_factor",
+            "greater than 1",
+        ),
+        (
+            {"space": LR, "scheduler": {"hyperband": {}}},
+            "search.scheduler.hyperband",
+            "unknown key",
+        ),
         ({"space": LR, "seed": -1}, "search.seed", "greater than or equal to 0"),
         ({"space": {}}, "search.space", "at least 1 item"),
-        ({"space": {"training.lr": {"uniform": [True, 1.0]}}},
-         "search.space.training.lr.uniform.0", "not a boolean"),
+        (
+            {"space": {"training.lr": {"uniform": [True, 1.0]}}},
+            "search.space.training.lr.uniform.0",
+            "not a boolean",
+        ),
     ],
 )
 def test_bad_search_names_the_key_path(tiny_spec_dict, search, path, fragment):
@@ -112,11 +186,12 @@ def test_bad_search_names_the_key_path(tiny_spec_dict, search, path, fragment):
 def test_pai_search_checks_its_own_fields(pai_spec_dict):
     bad = [
         ({"space": {"training.steps": {"choice": [10, 20]}}}, "search.space.training.steps"),
-        ({"space": {"pai.hparams.snip.batch_norm": {"choice": ["eval"]}}},
-         "pai.methods: [snip]"),
+        ({"space": {"pai.hparams.snip.batch_norm": {"choice": ["eval"]}}}, "pai.methods: [snip]"),
         ({"space": {"training.epochs": {"choice": [1, 2]}}}, "never take effect"),
-        ({"space": {"training.lr": {"uniform": [0.01, 0.1]}}, "metric": "train_loss"},
-         "search.mode: train_loss is minimised"),
+        (
+            {"space": {"training.lr": {"uniform": [0.01, 0.1]}}, "metric": "train_loss"},
+            "search.mode: train_loss is minimised",
+        ),
     ]
     for search, fragment in bad:
         with pytest.raises(SpecError, match=r"(?s)" + fragment.replace("[", r"\[")):
@@ -127,8 +202,10 @@ def test_searched_values_give_every_configuration_its_own_ids(tiny_spec_dict, pa
     spec = parse_spec(
         with_search(
             tiny_spec_dict,
-            space={"training.lr": {"loguniform": [0.01, 1.0]}, "imp.scope": {"choice": ["layer",
-                   "global"]}},
+            space={
+                "training.lr": {"loguniform": [0.01, 1.0]},
+                "imp.scope": {"choice": ["layer", "global"]},
+            },
             num_samples=5,
             seed=7,
         )
@@ -148,15 +225,18 @@ def test_searched_values_give_every_configuration_its_own_ids(tiny_spec_dict, pa
     # the base spec's own values give the base spec's ids: the hash covers the computation only
     plain = parse_spec(tiny_spec_dict)
     same = spec.with_values({"training.lr": 0.1, "imp.scope": "layer"})
-    assert LineageConfig("x", "nlgp", 0, same).lineage_id == LineageConfig(
-        "x", "nlgp", 0, plain
-    ).lineage_id
+    assert (
+        LineageConfig("x", "nlgp", 0, same).lineage_id
+        == LineageConfig("x", "nlgp", 0, plain).lineage_id
+    )
     # a grid search crosses every value; every PaI run of every configuration has its own id
     pai = parse_spec(
         with_search(
             pai_spec_dict,
-            space={"training.lr": {"grid": [0.05, 0.1]}, "pai.schedule": {"grid": ["exponential",
-                   "linear"]}},
+            space={
+                "training.lr": {"grid": [0.05, 0.1]},
+                "pai.schedule": {"grid": ["exponential", "linear"]},
+            },
             algorithm="grid",
         )
     )
@@ -263,7 +343,9 @@ def optuna_order(spec) -> list:
     search = spec.search
     space = {"search": {p: tune.choice(d.choice) for p, d in search.space.items()}}
     optuna = OptunaSearch(
-        space=OptunaSearch.convert_search_space(space), metric=search.metric, mode=search.mode,
+        space=OptunaSearch.convert_search_space(space),
+        metric=search.metric,
+        mode=search.mode,
         seed=search.seed,
     )
     repeater = GridRepeater(optuna, grid_points(spec))
@@ -294,8 +376,9 @@ def test_optuna_search_with_asha_survives_a_killed_driver(
     root = tmp_path / "results"
     store = ExperimentStore(str(root / "searchkill"))
     driver = subprocess.Popen(
-        cli("run", write_spec(tiny_spec_dict), "--storage", str(root), "--address",
-            cluster.address),
+        cli(
+            "run", write_spec(tiny_spec_dict), "--storage", str(root), "--address", cluster.address
+        ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -315,7 +398,9 @@ def test_optuna_search_with_asha_survives_a_killed_driver(
 
     resumed = subprocess.run(
         cli("resume", store.uri, "--address", cluster.address),
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 

@@ -224,8 +224,11 @@ def pai_cross_field(base: dict) -> list[tuple[str, dict, str]]:
             ("model", {"name": "deeplabv3_resnet50"}, "datasets.0.type"),
             ("datasets.0", VOC, "datasets.0.type"),
             ("kind", "imp", "pai"),
-            ("analysis.components", {"n_components": 200, "source": "nlgp3"},
-             "analysis.components.n_components"),
+            (
+                "analysis.components",
+                {"n_components": 200, "source": "nlgp3"},
+                "analysis.components.n_components",
+            ),
             (
                 "search",
                 {"space": {"pai.hparams.snip.batch_norm": {"choice": ["eval", "train"]}}},

@@ -131,7 +131,12 @@ def search_section(experiment: Experiment, ranked: pd.DataFrame) -> Section:
         "",
     ]
     header = [
-        "rank", *searched, f"{metric} (mean ± std)", "min–max", "seeds finished", f"last {step}"
+        "rank",
+        *searched,
+        f"{metric} (mean ± std)",
+        "min–max",
+        "seeds finished",
+        f"last {step}",
     ]
     for cell, rows in ranked.groupby(CELLS[kind], sort=False):
         cell = cell if isinstance(cell, tuple) else (cell,)
@@ -145,8 +150,9 @@ def search_section(experiment: Experiment, ranked: pd.DataFrame) -> Section:
                     str(row["rank"]),
                     *(value_text(row[f"search.{p}"]) for p in searched),
                     "—" if pd.isna(mean) else f"{mean:.4f} ± {std:.4f}",
-                    "—" if pd.isna(mean) else
-                    f"{row[f'{metric}_min']:.4f}–{row[f'{metric}_max']:.4f}",
+                    "—"
+                    if pd.isna(mean)
+                    else f"{row[f'{metric}_min']:.4f}–{row[f'{metric}_max']:.4f}",
                     f"{row['n_finished']}/{row['n_seeds']}",
                     f"{row['reached']}" + ("" if row["finished"] else " (stopped early)"),
                 ]

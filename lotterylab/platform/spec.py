@@ -85,9 +85,7 @@ class TrainingSpec(Strict):
                 f"steps ({self.steps})"
             )
         if self.lr_drops != sorted(set(self.lr_drops)):
-            raise ValueError(
-                f"training.lr_drops must be strictly increasing, got {self.lr_drops}"
-            )
+            raise ValueError(f"training.lr_drops must be strictly increasing, got {self.lr_drops}")
         if self.momentum == 0 and self.optimizer == "nesterov":
             raise ValueError("training.momentum must be > 0 with optimizer: nesterov (got 0.0)")
         return self
@@ -114,12 +112,14 @@ class IMPSpec(Strict):
         True, description="train the oneshot/random masks each round (cavity always trains)"
     )
     measure_kurtosis: bool = Field(
-        True, description="first-layer pre-activation kurtosis at the start of every round "
-        "(models with a dense first layer on pixels, i.e. the FCN; ignored otherwise)"
+        True,
+        description="first-layer pre-activation kurtosis at the start of every round "
+        "(models with a dense first layer on pixels, i.e. the FCN; ignored otherwise)",
     )
     measure_cavity: bool = Field(
-        True, description="cavity scores grouped by removal round when the lineage ends (FCN only; "
-        "ignored otherwise)"
+        True,
+        description="cavity scores grouped by removal round when the lineage ends (FCN only; "
+        "ignored otherwise)",
     )
     measure_samples: Annotated[int, Field(ge=2)] = Field(
         50_000, description="training inputs used for kurtosis and cavity scores (at most)"
@@ -561,9 +561,13 @@ class ExperimentSpec(Strict):
                 )
 
     def _check_lr_drops(self) -> None:
-        unit, end = ("epochs", self.training.epochs) if self.kind == "pai" else (
-            "steps",
-            self.training.steps,
+        unit, end = (
+            ("epochs", self.training.epochs)
+            if self.kind == "pai"
+            else (
+                "steps",
+                self.training.steps,
+            )
         )
         late = [d for d in self.training.lr_drops if d >= end]
         if late:

@@ -73,9 +73,7 @@ def load_rgb(path: Path, size: int) -> np.ndarray:
     return np.asarray(rgb).transpose(2, 0, 1).reshape(-1)
 
 
-def decode_into(
-    out: np.ndarray, paths: Sequence[Path], load: Callable[[Path], np.ndarray]
-) -> None:
+def decode_into(out: np.ndarray, paths: Sequence[Path], load: Callable[[Path], np.ndarray]) -> None:
     """``out[i] = load(paths[i])`` on a thread pool, a chunk at a time."""
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         for start in range(0, len(paths), DECODE_CHUNK):

@@ -83,8 +83,12 @@ def build_voc(spec: VOCData, context=None) -> ImageDataset:
         ids[split] = path.read_text().split()[:limit]
     images = {s: [root / "JPEGImages" / f"{i}.jpg" for i in v] for s, v in ids.items()}
     labels = {s: [root / "SegmentationClass" / f"{i}.png" for i in v] for s, v in ids.items()}
-    inputs = [require(p, "an image or label map", LAYOUT)
-              for group in (images, labels) for paths in group.values() for p in paths]
+    inputs = [
+        require(p, "an image or label map", LAYOUT)
+        for group in (images, labels)
+        for paths in group.values()
+        for p in paths
+    ]
     key = {"source": "voc", "inputs": file_signature(inputs, root), "size": spec.size}
 
     def convert(writer: CacheWriter) -> None:
