@@ -22,7 +22,8 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check lotterylab tests benchmarks
+	$(BIN)/ruff check lotterylab tests benchmarks examples
+	$(BIN)/ruff format --check lotterylab tests benchmarks examples
 
 # every figure of benchmarks/README.md; about an hour on a 2-core machine
 bench: install
