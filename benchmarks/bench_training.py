@@ -82,7 +82,7 @@ def fcn_as_sequential(fcn: nn.Module) -> nn.Sequential:
 
 def bench_fcn(steps: int, repeats: int) -> dict:
     batch, classes = 40, 1000
-    data = random_data(4000, classes, 0)
+    data = random_data(steps * batch, classes, 0)  # one epoch: both loops see every image once
     spec = TrainingSpec(lr=0.05, batch_size=batch, steps=steps, rewind_step=0)
     fcn = build_model(FCNModel(hidden=[1024, 1024]), IMAGE, classes, seed=0)
     names = prunable_names(fcn, prune_output=False)
@@ -91,7 +91,7 @@ def bench_fcn(steps: int, repeats: int) -> dict:
     plain = fcn_as_sequential(fcn)
     plain_masks = {f"{3 * i + 1}.weight": masks[f"layers.{i}.weight"] for i in range(len(names))}
     x_all, y_all = data.train_x, data.train_y
-    order = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(2))[: steps * batch]
+    order = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(2))
     plain_opt = torch.optim.SGD(plain.parameters(), lr=spec.lr)
 
     runs = {

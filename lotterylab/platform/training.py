@@ -127,7 +127,9 @@ class BatchSource:
 
 
 def loss_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits_of(model(x)), y, ignore_index=IGNORE_INDEX)
+    # only label maps carry an ignore value: 255 is a real class of a 1000-class image set
+    ignore = IGNORE_INDEX if y.dim() > 1 else -100
+    return F.cross_entropy(logits_of(model(x)), y, ignore_index=ignore)
 
 
 def run_steps(

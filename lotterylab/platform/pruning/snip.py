@@ -27,7 +27,8 @@ def loss_gradients(net, weights, data, temperature: float, train: bool, create_g
     for batch in data:
         x, y = on_device(net, batch)
         logits = net(x, weights, train=train) / temperature
-        loss = F.cross_entropy(logits, y, ignore_index=IGNORE_LABEL)  # label maps: unlabelled
+        # label maps mark unlabelled pixels; image labels may use 255 as a class
+        loss = F.cross_entropy(logits, y, ignore_index=IGNORE_LABEL if y.dim() > 1 else -100)
         grads = torch.autograd.grad(loss, leaves, create_graph=create_graph, materialize_grads=True)
         total = list(grads) if total is None else [t + g for t, g in zip(total, grads, strict=True)]
     return dict(zip(net.names, total, strict=True))
