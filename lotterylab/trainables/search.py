@@ -28,7 +28,8 @@ from lotterylab.platform.data.dataset import ImageDataset
 from lotterylab.platform.ids import canonical_json
 from lotterylab.platform.imp import LineageConfig
 from lotterylab.platform.pai import pai_grid
-from lotterylab.platform.spec import Distribution, ExperimentSpec
+from lotterylab.platform.search_space import Distribution
+from lotterylab.platform.spec import ExperimentSpec
 from lotterylab.platform.store import normalise_uri
 from lotterylab.trainables.imp_lineage import IMPLineageTrainable
 from lotterylab.trainables.pai_run import PaIRunTrainable, pai_config
