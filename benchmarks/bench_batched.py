@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import cpu_model
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -302,16 +303,6 @@ def step_split(way: str, count: int, sizes: dict, data, spec, device) -> dict:
         "other_aten_ms": other * per,
         "python_and_dispatch_ms": (wall - matmul - other) * per,
     }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def environment(device: torch.device) -> dict:

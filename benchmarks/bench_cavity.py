@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import cpu_model
 
 from lotterylab.platform.data.nlgp import sample_nlgp
 from lotterylab.platform.metrics import CAVITY_CHUNK_SIZE, cavity_scores
@@ -117,16 +118,6 @@ def run_child(method: str, args: argparse.Namespace, rows_path: Path) -> dict:
     command += ["--rows", str(rows_path)] + (["--quick"] if args.quick else [])
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def environment(device: str) -> dict:

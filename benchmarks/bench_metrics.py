@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import cpu_model
 from scipy.optimize import curve_fit
 
 from lotterylab.platform.metrics import (
@@ -209,16 +210,6 @@ def bench_rf_width(units: int, image_shape: tuple[int, int, int], repeats: int) 
         "speedup_per_unit": reference_per_unit * units / batched["best_s"],
         "max_relative_sigma_difference": float(relative.max()),
     }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def environment(threads: int) -> dict:

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import cpu_model
 from pydantic import TypeAdapter
 from torch import nn
 
@@ -140,16 +141,6 @@ def summary(runs: list[tuple[float, float, bool, object]]) -> dict:
         "peak_rss_growth_mib": max(r[1] for r in runs),
         "peak_rss_reset_per_call": all(r[2] for r in runs),
     }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def environment() -> dict:
