@@ -187,7 +187,7 @@ def test_stacked_trainings_of_a_round_equal_one_at_a_time(tiny_spec_dict, tmp_pa
     for setting in ("off", "auto"):
         tiny_spec_dict["run"]["batch_lineages"] = setting
         lineage, store = make_lineage(tiny_spec_dict, tmp_path, folder=setting)
-        assert lineage._stack_size() == (1 if setting == "off" else 3)
+        assert lineage.stacks == (setting != "off")
         run_all(lineage)
         masks[setting] = lineage.removal_rounds
         rows[setting] = sorted(

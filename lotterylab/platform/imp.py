@@ -6,9 +6,11 @@ alive in round n − 1 by |θ(T)|. The siblings share the lineage's dense θ(T) 
 at the end of every round each picks its next mask at IMP's per-tensor counts by its own
 criterion (``imp_methods``), and is trained from θ(t_rewind) when it asks to be.
 
-The methods' trainings of a round all start from θ(t_rewind) and run the same steps, so FCN
-lineages train them as one stacked computation (``run.batch_lineages``; ``platform.batched``),
-each with its own mask and batches, equal to training them one at a time to float rounding.
+A round is split in two: ``round_trainings`` hands out the models the round trains and
+``finish_round`` evaluates, measures and prunes once they are trained. The methods' trainings
+of a round all start from θ(t_rewind) and run the same steps, so FCN trainings stack, with each
+other and with those of other lineages (``lineage_group``, ``round_trainings``), each with its
+own mask and batches, equal to training them one at a time to float rounding.
 
 Each round also measures, for every method, the first-layer pre-activation kurtosis at
 θ(t_rewind) ⊙ the mask that round trains; when the lineage ends, the cavity scores of every
@@ -26,7 +28,6 @@ import torch
 from torch import nn
 
 from lotterylab.platform import masks as mk
-from lotterylab.platform.batched import train_batched
 from lotterylab.platform.data.dataset import ImageDataset
 from lotterylab.platform.ids import lineage_id
 from lotterylab.platform.imp_methods import RoundContext, sibling
@@ -37,12 +38,12 @@ from lotterylab.platform.metrics import (
     rf_width_summary,
 )
 from lotterylab.platform.models import apply_masks, build_model, first_layer_name, prunable_names
-from lotterylab.platform.models.fcn import FCN
+from lotterylab.platform.round_trainings import Training, run_trainings
 from lotterylab.platform.seeds import derived_seed
 from lotterylab.platform.spec import ExperimentSpec
 from lotterylab.platform.store import ExperimentStore
 from lotterylab.platform.tables import CAVITY_TABLE, KURTOSIS_TABLE, ROUNDS_TABLE
-from lotterylab.platform.training import evaluate, train, train_with_rewind_capture
+from lotterylab.platform.training import evaluate
 
 IMP = "imp"
 
@@ -126,7 +127,6 @@ class IMPLineage:
         self.first_layer = first_layer_name(model)
         # kurtosis, cavity scores and RF widths read a dense first layer on pixels (the FCN)
         self.dense_first_layer = hasattr(model, "first_layer_inputs")
-        self.stackable = isinstance(model, FCN)  # what train_batched stacks
         params = dict(model.named_parameters())
         shapes = {n: params[n].shape for n in self.names}
         self.next_round = 0
@@ -162,17 +162,68 @@ class IMPLineage:
     # -- one round -----------------------------------------------------------------------
     def run_round(self) -> list[dict]:
         """Train, measure and prune for round ``next_round``; write rows and artifacts."""
+        trainings = self.round_trainings()
+        run_trainings(trainings, self.spec.training, self.device, self.stacks)
+        return self.finish_round(trainings)
+
+    @property
+    def stacks(self) -> bool:
+        """Whether this lineage's trainings may join one stacked computation."""
+        return self.spec.run.batch_lineages != "off"
+
+    def round_trainings(self) -> list[Training]:
+        """The trainings round ``next_round`` needs: the dense net, or one per trained method.
+
+        Every method's training of a sparse round starts from θ(t_rewind) and runs the same
+        steps, so they stack with each other and with other lineages' (``run_trainings``).
+        """
         if self.done:
             raise RuntimeError(f"lineage {self.id} has finished all {self.imp.rounds} rounds")
         n = self.next_round
         if n == 0:
+            model = self._fresh_model().to(self.device)
+            return [Training(IMP, model, self.data, self._train_seed(IMP, 0), 0, keep_rewind=True)]
+        trainings = []
+        for method in self.methods:
+            if not self._trains(method):
+                continue
+            masks = mk.masks_after_round(self.removal_rounds[method], n - 1)
+            trainings.append(
+                Training(
+                    method,
+                    self._rewound_model(masks),
+                    self.data,
+                    self._train_seed(method, n),
+                    self.spec.training.rewind_step,
+                    masks={k: v.to(self.device) for k, v in masks.items()},
+                )
+            )
+        return trainings
+
+    def finish_round(self, trainings: list[Training]) -> list[dict]:
+        """Evaluate the round's trained models, measure, prune; write rows and artifacts."""
+        n = self.next_round
+        if n == 0:
+            (dense,) = trainings
             start = time.perf_counter()
-            evaluation = self._dense_round()
-            elapsed = time.perf_counter() - start
+            self.rewind_state = dense.rewind_state
+            params = dict(dense.model.named_parameters())
+            self.dense_final = {k: params[k].detach().cpu().clone() for k in self.names}
+            # analyses (cavity scores, kurtosis) of any round start from θ(t_rewind)
+            self.store.write_tensors(f"lineages/{self.id}/rewind.pt", self.rewind_state)
+            evaluation = self._evaluate(dense.model)
+            elapsed = dense.seconds + time.perf_counter() - start
             # the dense net is every method's round 0: one training, a row per method
             results = {m: (evaluation, self.dense_final, elapsed) for m in self.methods}
         else:
-            results = self._sparse_rounds(n)
+            results = {m: (None, None, 0.0) for m in self.methods}
+            for training in trainings:
+                start = time.perf_counter()
+                params = dict(training.model.named_parameters())
+                trained = {k: params[k].detach().cpu() for k in self.names}
+                evaluation = self._evaluate(training.model)
+                seconds = training.seconds + time.perf_counter() - start
+                results[training.method] = (evaluation, trained, seconds)
         rows = []
         for method, (evaluation, _, elapsed) in results.items():
             masks = mk.masks_after_round(self.removal_rounds[method], n - 1)
@@ -186,81 +237,15 @@ class IMPLineage:
         self._write_masks(n)
         if n == self.imp.rounds and self.dense_first_layer and self.imp.measure_cavity:
             self._write_cavity()
+        self._measure_inputs = None  # recomputed when needed: K lineages hold none between rounds
         self.next_round = n + 1
         return rows
 
-    def _dense_round(self):
-        model = self._fresh_model().to(self.device)
-        self.rewind_state = {
-            k: v.cpu()
-            for k, v in train_with_rewind_capture(
-                model, self.data, self.spec.training, self._train_seed(IMP, 0), self.device
-            ).items()
-        }
-        params = dict(model.named_parameters())
-        self.dense_final = {n: params[n].detach().cpu().clone() for n in self.names}
-        # analyses (cavity scores, kurtosis) of any round start from θ(t_rewind)
-        self.store.write_tensors(f"lineages/{self.id}/rewind.pt", self.rewind_state)
+    def _evaluate(self, model: nn.Module):
         return evaluate(model, self.data, self.spec.training.eval_batch_size, self.device)
 
     def _trains(self, method: str) -> bool:
         return method == IMP or self.siblings[method].trains(self.imp.train_baselines)
-
-    def _stack_size(self) -> int:
-        """How many of a round's trainings share one stacked computation (1 = one at a time)."""
-        setting = self.spec.run.batch_lineages
-        if setting == "off" or not self.stackable:
-            return 1
-        return len(self.methods) if setting == "auto" else setting
-
-    def _sparse_rounds(self, n: int) -> dict:
-        """Evaluation, trained prunable weights (None if untrained) and wall time per method.
-
-        Every method trains from θ(t_rewind) for the same steps, so the trainings stack: one
-        batched computation trains them together, each with its own mask and batches.
-        """
-        training = [m for m in self.methods if self._trains(m)]
-        results = {m: (None, None, 0.0) for m in self.methods if m not in training}
-        size = self._stack_size()
-        for first in range(0, len(training), size):
-            group = training[first : first + size]
-            start = time.perf_counter()
-            masks = {m: mk.masks_after_round(self.removal_rounds[m], n - 1) for m in group}
-            models = {m: self._rewound_model(masks[m]) for m in group}
-            device_masks = {m: {k: v.to(self.device) for k, v in masks[m].items()} for m in group}
-            seeds = [self._train_seed(m, n) for m in group]
-            start_step = self.spec.training.rewind_step
-            if len(group) == 1:
-                (method,) = group
-                train(
-                    models[method],
-                    self.data,
-                    self.spec.training,
-                    seeds[0],
-                    start_step=start_step,
-                    device=self.device,
-                    masks=device_masks[method],
-                )
-            else:
-                train_batched(
-                    [models[m] for m in group],
-                    [self.data] * len(group),
-                    self.spec.training,
-                    seeds,
-                    start_step=start_step,
-                    masks=[device_masks[m] for m in group],
-                    device=self.device,
-                )
-            shared = (time.perf_counter() - start) / len(group)
-            for method, model in models.items():
-                begin = time.perf_counter()
-                params = dict(model.named_parameters())
-                trained = {name: params[name].detach().cpu() for name in self.names}
-                evaluation = evaluate(
-                    model, self.data, self.spec.training.eval_batch_size, self.device
-                )
-                results[method] = (evaluation, trained, shared + time.perf_counter() - begin)
-        return {m: results[m] for m in self.methods}
 
     def _prune(self, n: int, trained: dict[str, dict[str, torch.Tensor] | None]) -> None:
         """IMP removes ``fraction`` of its alive weights by |θ(T)|; siblings match its counts."""
