@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -15,6 +16,7 @@ from lotterylab.cluster.launch import ExperimentError, run_experiment
 from lotterylab.platform import masks as mk
 from lotterylab.platform.data.registry import build_dataset
 from lotterylab.platform.imp import IMPLineage, LineageConfig
+from lotterylab.platform.lineage_group import LineageGroup
 from lotterylab.platform.spec import parse_spec
 from lotterylab.platform.store import ExperimentStore
 
@@ -38,7 +40,8 @@ def check_complete(store: ExperimentStore, spec) -> list[dict]:
 def test_tiny_experiment_through_tune(tiny_spec_dict, tmp_path):
     spec = parse_spec(tiny_spec_dict)
     outcome = run_experiment(spec, "name: tiny\n", str(tmp_path / "results"))
-    assert outcome.trials == 4 and outcome.errored_trials == []
+    # two CPUs, four lineages of one shape: two trials of two stacked lineages each
+    assert outcome.trials == 2 and outcome.errored_trials == []
     store = ExperimentStore(str(tmp_path / "results" / "tiny"))
     assert outcome.uri == store.uri
     rows = check_complete(store, spec)
@@ -52,9 +55,9 @@ def test_tiny_experiment_through_tune(tiny_spec_dict, tmp_path):
     for name in ("rf_width_vs_sparsity.png", "accuracy_vs_sparsity.png", "first_layer_masks.png"):
         assert store.read_bytes(f"figures/{name}")[:4] == b"\x89PNG"
     assert "| imp |" in store.read_bytes("figures/summary.md").decode()
-    # Tune's own state sits in the same folder, one trial folder per lineage
+    # Tune's own state sits in the same folder, one trial folder per group of lineages
     trial_dirs = [n for n in store.list("") if n.startswith("trial-imp-fcn-")]
-    assert len(trial_dirs) == 4
+    assert len(trial_dirs) == 2 and all(n.endswith("-group-of-2") for n in trial_dirs)
     # running the same experiment again is refused with a pointer to resume
     with pytest.raises(ExperimentError, match="already exists.*lotterylab resume"):
         run_experiment(spec, "name: tiny\n", str(tmp_path / "results"))
@@ -83,20 +86,20 @@ def test_experiment_on_s3(tiny_spec_dict, s3_bucket):
     assert any(n.startswith("experiment_state") for n in store.list(""))
 
 
-def _reference(spec, dataset, seed):
-    """The uninterrupted lineage, computed in this process without Ray."""
+def _reference(spec, dataset, seeds):
+    """The uninterrupted lineages, computed in this process without Ray: one group, or one
+    lineage at a time, as the spec's ``batch_lineages`` trains them on two nodes."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        import tempfile
-
         store = ExperimentStore(tempfile.mkdtemp())
-        lineage = IMPLineage(
-            LineageConfig("ref", dataset, seed, spec), build_dataset(spec.datasets, dataset), store
-        )
-        while not lineage.done:
-            lineage.run_round()
-        return lineage, store
+        data = build_dataset(spec.datasets, dataset)
+        lineages = [IMPLineage(LineageConfig("ref", dataset, s, spec), data, store) for s in seeds]
+        groups = [lineages] if spec.run.batch_lineages == 2 else [[x] for x in lineages]
+        for group in map(LineageGroup, groups):
+            while not group.done:
+                group.run_round()
+        return lineages, store
     finally:
         torch.set_num_threads(threads)
 
@@ -106,10 +109,15 @@ def _comparable(rows):
     return sorted((tuple((k, r[k]) for k in keep) for r in rows), key=repr)
 
 
-def test_killed_driver_resumes_to_the_uninterrupted_result(tiny_spec_dict, tmp_path, write_spec):
+@pytest.mark.parametrize("batch_lineages", ["auto", 2], ids=["one-per-node", "one-group"])
+def test_killed_driver_resumes_to_the_uninterrupted_result(
+    tiny_spec_dict, tmp_path, write_spec, batch_lineages
+):
+    """``auto`` spreads the two lineages over the two nodes; ``2`` trains them as one group."""
     from ray.cluster_utils import Cluster
 
     tiny_spec_dict.update(name="killme", seeds=[0, 1], datasets=tiny_spec_dict["datasets"][:1])
+    tiny_spec_dict["run"]["batch_lineages"] = batch_lineages
     tiny_spec_dict["training"].update(steps=400, rewind_step=10)
     tiny_spec_dict["imp"]["rounds"] = 5
     spec = parse_spec(tiny_spec_dict)
@@ -173,10 +181,12 @@ def test_killed_driver_resumes_to_the_uninterrupted_result(tiny_spec_dict, tmp_p
         cluster.shutdown()
 
     rows = check_complete(store, spec)
+    trials = [n for n in store.list("") if n.startswith("trial-")]
+    assert len(trials) == (1 if batch_lineages == 2 else 2)
     # resumed from checkpoints, not restarted: some lineage did not redo its round 0
     assert any(os.stat(path).st_mtime_ns == mtime for path, mtime in round0_parts.items())
-    for seed in spec.seeds:
-        lineage, ref_store = _reference(spec, "nlgp", seed)
+    lineages, ref_store = _reference(spec, "nlgp", spec.seeds)
+    for seed, lineage in zip(spec.seeds, lineages, strict=True):
         for method in METHODS:
             rel = f"lineages/{lineage.id}/masks/{method}.pt"
             got, want = store.read_tensors(rel), ref_store.read_tensors(rel)
@@ -184,4 +194,5 @@ def test_killed_driver_resumes_to_the_uninterrupted_result(tiny_spec_dict, tmp_p
             final = mk.masks_after_round(got, spec.imp.rounds - 1)
             assert mk.alive_counts(final)["layers.0.weight"] < 64 * 32
         mine = [r for r in rows if r["seed"] == seed]
-        assert _comparable(mine) == _comparable(ref_store.read_table("rounds").to_pylist())
+        reference = [r for r in ref_store.read_table("rounds").to_pylist() if r["seed"] == seed]
+        assert _comparable(mine) == _comparable(reference)

@@ -257,13 +257,56 @@ def test_random_search_crosses_its_configurations_with_the_grid(tiny_spec_dict):
         with_search(tiny_spec_dict, space={"training.lr": {"uniform": [0.05, 0.5]}}, num_samples=3)
     )
     space = param_space(spec)
-    assert space["seed"] == {"grid_search": [0, 1]}
+    members = [{"dataset": d, "seed": s} for d in ("nlgp", "nlgp_clone") for s in (0, 1)]
+    assert space["lineages"] == {"grid_search": [[m] for m in members]}
     assert space["search"] == {"grid_search": spec.search.configurations()}
-    config = {"dataset": "nlgp_clone", "seed": 1, "search": spec.search.configurations()[2]}
+    config = {"lineages": [members[3]], "search": spec.search.configurations()[2]}
     trial = Trial("IMPLineageTrainable", config=config, stub=True)
     run_spec = trial_spec(spec, trial.config)
     expected = LineageConfig(spec.name, "nlgp_clone", 1, run_spec).lineage_id
     assert trial_dirname_for(spec)(trial) == f"trial-{expected}"
+    # grouped lineages: each group is one point of the grid, crossed with the configurations
+    groups = [members[:2], members[2:]]
+    assert param_space(spec, groups=groups)["lineages"] == {"grid_search": groups}
+    trial = Trial("IMPLineageTrainable", config={**config, "lineages": groups[1]}, stub=True)
+    first = LineageConfig(spec.name, "nlgp_clone", 0, run_spec).lineage_id
+    assert trial_dirname_for(spec)(trial) == f"trial-{first}-group-of-2"
+
+
+def test_auto_groups_give_each_trial_slot_of_the_cluster_one_group(tiny_spec_dict):
+    import ray
+
+    from lotterylab.platform.data.registry import build_datasets
+    from lotterylab.trainables.search import lineage_groups, trial_slots
+
+    datasets = build_datasets(parse_spec(tiny_spec_dict).datasets)
+    members = [{"dataset": d, "seed": s} for d in ("nlgp", "nlgp_clone") for s in (0, 1)]
+
+    def groups(cpu=1, gpu=0, concurrent=0, setting="auto", model=None):
+        tiny_spec_dict["resources"].update(cpu=cpu, gpu=gpu)
+        tiny_spec_dict["run"].update(max_concurrent_trials=concurrent, batch_lineages=setting)
+        if model is not None:
+            tiny_spec_dict["model"] = model
+        spec = parse_spec(tiny_spec_dict)
+        return trial_slots(spec), lineage_groups(spec, datasets, trial_slots(spec))
+
+    ray.init(num_cpus=3, address="local", include_dashboard=False)
+    try:
+        # three CPUs, four lineages of one shape: two per trial (a third trial of one would
+        # not end sooner than the trials of two)
+        assert groups() == (3, [members[:2], members[2:]])
+        assert groups(cpu=0.5) == (6, [[m] for m in members])
+        assert groups(concurrent=1) == (1, [members])
+        assert groups(cpu=2) == (1, [members])
+        assert groups(setting="off") == (3, [[m] for m in members])
+        assert groups(setting=3) == (3, [members[:2], members[2:]])
+        # no GPU in this cluster: a trial asking for one still gets one group of all
+        assert groups(gpu=1) == (1, [members])
+        # convolutional lineages do not stack: one per trial
+        resnet = {"name": "resnet20"}
+        assert groups(model=resnet) == (3, [[m] for m in members])
+    finally:
+        ray.shutdown()
 
 
 def test_grid_repeater_runs_each_suggestion_on_the_grid_and_survives_a_restore(

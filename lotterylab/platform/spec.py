@@ -222,8 +222,10 @@ class RunSpec(Strict):
     )
     batch_lineages: Literal["auto", "off"] | Annotated[int, Field(ge=1)] = Field(
         "auto",
-        description="train the methods of an IMP round (IMP and its trained siblings) as one "
-        "stacked computation: auto = on for FCN models, off, or K = at most K per stack",
+        description="IMP lineages per trial, whose round trainings (every lineage and "
+        "method) stack into one computation on FCN models: auto = as few groups as still "
+        "give every trial slot of the cluster one, off = one lineage per trial trained one "
+        "method at a time, K = at most K lineages per trial",
     )
 
 

@@ -1,11 +1,14 @@
-"""The Ray Tune trainable of an IMP lineage: one ``step`` is one IMP round.
+"""The Ray Tune trainable of IMP lineages: one ``step`` is one IMP round of each of them.
 
-It only adapts Tune's life cycle to ``platform.imp.IMPLineage``; the science stays there.
+A trial runs a group of lineages (``platform.lineage_group``; one, unless ``run.batch_lineages``
+groups them) given as ``config["lineages"]``, a list of ``{"dataset", "seed"}``. It only adapts
+Tune's life cycle to ``LineageGroup``; the science stays in ``platform``.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 
 import torch
 from ray import tune
@@ -13,11 +16,20 @@ from ray import tune
 from lotterylab.platform.data.dataset import ImageDataset
 from lotterylab.platform.device import trial_device
 from lotterylab.platform.imp import IMP, IMPLineage, LineageConfig
+from lotterylab.platform.lineage_group import LineageGroup
 from lotterylab.platform.spec import ExperimentSpec
 from lotterylab.platform.store import ExperimentStore
 from lotterylab.platform.tensorboard_log import log_imp_round
 
 CHECKPOINT_FILE = "lineage.pt"
+REPORTED = ("sparsity_first_layer", "test_accuracy", "rf_width_median")
+
+
+def trial_members(config: dict) -> list[dict]:
+    """The lineages of a trial config; a config of one ``dataset`` and ``seed`` is one."""
+    if "lineages" in config:
+        return list(config["lineages"])
+    return [{"dataset": config["dataset"], "seed": config["seed"]}]
 
 
 class IMPLineageTrainable(tune.Trainable):
@@ -33,29 +45,39 @@ class IMPLineageTrainable(tune.Trainable):
         # one thread per reserved CPU: the same thread count makes a resumed round bit-exact
         torch.set_num_threads(max(1, int(spec.resources.cpu)))
         store = ExperimentStore(store_uri)
-        lineage_config = LineageConfig(store.name, config["dataset"], config["seed"], spec)
-        self.lineage = IMPLineage(
-            lineage_config, datasets[config["dataset"]], store, trial_device(spec.resources.gpu)
-        )
-        if "search" in config:  # analyses group a search's lineages by these values
-            store.write_json(f"lineages/{self.lineage.id}/search.json", config["search"])
+        device = trial_device(spec.resources.gpu)
+        lineages = []
+        for member in trial_members(config):
+            lineage_config = LineageConfig(store.name, member["dataset"], member["seed"], spec)
+            lineages.append(IMPLineage(lineage_config, datasets[member["dataset"]], store, device))
+            if "search" in config:  # analyses group a search's lineages by these values
+                store.write_json(f"lineages/{lineages[-1].id}/search.json", config["search"])
+        self.group = LineageGroup(lineages)
 
     def step(self) -> dict:
-        rows = self.lineage.run_round()
-        log_imp_round(self.lineage, rows)
-        imp = next(row for row in rows if row["method"] == IMP)
-        return {
-            "lineage_id": self.lineage.id,
-            "imp_round": imp["round"],
-            "sparsity_first_layer": imp["sparsity_first_layer"],
-            "test_accuracy": imp["test_accuracy"],
-            "rf_width_median": imp["rf_width_median"],
-            "done": self.lineage.done,
+        """The group's round; metrics are the mean over its lineages' IMP rows."""
+        rows = self.group.run_round()
+        imp = []
+        for lineage, own in zip(self.group.lineages, rows, strict=True):
+            if own:
+                log_imp_round(lineage, own)
+                imp.append(next(row for row in own if row["method"] == IMP))
+        result = {
+            "lineage_id": ",".join(self.group.ids),
+            "imp_round": imp[0]["round"],
+            "done": self.group.done,
         }
+        for key in REPORTED:
+            values = [row[key] for row in imp if row[key] is not None]
+            result[key] = statistics.fmean(values) if values else None
+        return result
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
-        torch.save(self.lineage.state_dict(), os.path.join(checkpoint_dir, CHECKPOINT_FILE))
+        torch.save(self.group.state_dict(), os.path.join(checkpoint_dir, CHECKPOINT_FILE))
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         path = os.path.join(checkpoint_dir, CHECKPOINT_FILE)
-        self.lineage.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+        self.group.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+
+
+__all__ = ["CHECKPOINT_FILE", "IMPLineageTrainable", "trial_members"]

@@ -1,6 +1,8 @@
 """The Tune search of an experiment: the grid, resources, storage and restore, for either kind.
 
-``imp`` experiments search data sets × seeds (the methods live inside each lineage); ``pai``
+``imp`` experiments search data sets × seeds (the methods live inside each lineage), a group of
+lineages per trial (``run.batch_lineages``: with ``auto``, one group per trial slot of the
+cluster, so every slot is busy and each trial stacks its lineages' trainings); ``pai``
 experiments search data sets × seeds × methods × densities × scoring rounds, one trial per run.
 Sanity-check branches are their own small Tune experiments inside the parent's folder.
 
@@ -20,6 +22,7 @@ import math
 
 import fsspec
 import pyarrow.fs
+import ray
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
@@ -27,15 +30,19 @@ from ray.tune.search.optuna import OptunaSearch
 from lotterylab.platform.data.dataset import ImageDataset
 from lotterylab.platform.ids import canonical_json
 from lotterylab.platform.imp import LineageConfig
+from lotterylab.platform.lineage_group import group_lineages, lineages_per_group, stacks
 from lotterylab.platform.pai import pai_grid
 from lotterylab.platform.search_space import Distribution
 from lotterylab.platform.spec import ExperimentSpec
 from lotterylab.platform.store import normalise_uri
-from lotterylab.trainables.imp_lineage import IMPLineageTrainable
+from lotterylab.trainables.imp_lineage import IMPLineageTrainable, trial_members
 from lotterylab.trainables.pai_run import PaIRunTrainable, pai_config
 
 TRAINABLES = {"imp": IMPLineageTrainable, "pai": PaIRunTrainable}
 SEARCH_KEY = "search"  # a trial config's sampled values, {dotted key path: value}
+# lineages per trial at most with ``batch_lineages: auto``: a GPU trial stacks many (one
+# lineage leaves a GPU nearly idle), a CPU trial few (it gains little and holds them in memory)
+AUTO_GROUP_LIMIT = {"cpu": 8, "gpu": 32}
 
 
 def tune_storage(uri: str) -> tuple[str, pyarrow.fs.FileSystem | None]:
@@ -58,24 +65,61 @@ def trainable_for(spec: ExperimentSpec, datasets: dict[str, ImageDataset], store
     return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
-def grid_points(spec: ExperimentSpec, runs: list[dict] | None = None) -> list[dict]:
-    """One config per lineage (data set × seed) or PaI run (… × method × density × rounds)."""
-    if spec.kind == "pai":
-        return [{"run": run} for run in (runs if runs is not None else pai_grid(spec))]
+def lineage_members(spec: ExperimentSpec) -> list[dict]:
+    """Every lineage of an ``imp`` spec: data set × seed, in the grid's order."""
     return [{"dataset": d.name, "seed": s} for d in spec.datasets for s in spec.seeds]
 
 
-def param_space(spec: ExperimentSpec, runs: list[dict] | None = None) -> dict:
+def trial_slots(spec: ExperimentSpec) -> int:
+    """How many trials of the spec the connected Ray cluster runs at once (at least 1)."""
+    resources = ray.cluster_resources()
+    counts = [
+        int(resources.get(kind, 0) // share)
+        for kind, share in (("CPU", spec.resources.cpu), ("GPU", spec.resources.gpu))
+        if share > 0
+    ]
+    slots = min(counts) if counts else 1
+    if spec.run.max_concurrent_trials:
+        slots = min(slots, spec.run.max_concurrent_trials)
+    return max(1, slots)
+
+
+def lineage_groups(
+    spec: ExperimentSpec, datasets: dict[str, ImageDataset], slots: int
+) -> list[list[dict]]:
+    """The spec's lineages, grouped per trial as ``run.batch_lineages`` asks for ``slots``."""
+    members = lineage_members(spec)
+    stacked = stacks(spec, datasets[spec.datasets[0].name])
+    size = lineages_per_group(spec, len(members), slots, stacked)
+    if spec.run.batch_lineages == "auto":
+        size = min(size, AUTO_GROUP_LIMIT["gpu" if spec.resources.gpu > 0 else "cpu"])
+
+    def shape(member: dict) -> tuple:
+        data = datasets[member["dataset"]]
+        return tuple(data.image_shape), data.num_classes
+
+    return group_lineages(members, shape, size)
+
+
+def grid_points(
+    spec: ExperimentSpec, runs: list[dict] | None = None, groups: list[list[dict]] | None = None
+) -> list[dict]:
+    """One config per trial: a group of lineages (default: one each) or a PaI run."""
+    if spec.kind == "pai":
+        return [{"run": run} for run in (runs if runs is not None else pai_grid(spec))]
+    if groups is None:
+        groups = [[member] for member in lineage_members(spec)]
+    return [{"lineages": group} for group in groups]
+
+
+def param_space(
+    spec: ExperimentSpec, runs: list[dict] | None = None, groups: list[list[dict]] | None = None
+) -> dict:
     search = spec.search if runs is None else None  # branches rerun stored runs: no search
     if search is not None and search.algorithm == "optuna":
         return {}  # the searcher holds the space and walks the grid itself
-    if spec.kind == "pai":
-        space = {"run": tune.grid_search(runs if runs is not None else pai_grid(spec))}
-    else:
-        space = {
-            "dataset": tune.grid_search([data.name for data in spec.datasets]),
-            "seed": tune.grid_search(list(spec.seeds)),
-        }
+    points = grid_points(spec, runs, groups)
+    space = {key: tune.grid_search([point[key] for point in points]) for key in points[0]}
     if search is not None and search.algorithm == "grid":
         space[SEARCH_KEY] = {p: tune.grid_search(d.grid) for p, d in search.space.items()}
     elif search is not None:
@@ -183,14 +227,16 @@ class GridRepeater(Searcher):
         self.__dict__.update(state)
 
 
-def search_options(spec: ExperimentSpec, runs: list[dict] | None = None) -> dict:
+def search_options(
+    spec: ExperimentSpec, runs: list[dict] | None = None, groups: list[list[dict]] | None = None
+) -> dict:
     """TuneConfig arguments of the spec's search: searcher, samples, early stopping."""
     search = spec.search if runs is None else None
     options: dict = {"max_concurrent_trials": spec.run.max_concurrent_trials or None}
     if search is None:
         return options
     if search.algorithm == "optuna":
-        grid = grid_points(spec)
+        grid = grid_points(spec, groups=groups)
         space = {SEARCH_KEY: {p: tune_domain(d) for p, d in search.space.items()}}
         searcher = OptunaSearch(
             space=OptunaSearch.convert_search_space(space),
@@ -238,8 +284,12 @@ def trial_dirname_for(spec: ExperimentSpec):
         run_spec = trial_spec(spec, trial.config)
         if spec.kind == "pai":
             return f"trial-{pai_config(run_spec, spec.name, trial.config['run']).run_id}"
-        config = LineageConfig(spec.name, trial.config["dataset"], trial.config["seed"], run_spec)
-        return f"trial-{config.lineage_id}"
+        members = trial_members(trial.config)
+        first = members[0]
+        lineage = LineageConfig(spec.name, first["dataset"], first["seed"], run_spec).lineage_id
+        if len(members) == 1:
+            return f"trial-{lineage}"
+        return f"trial-{lineage}-group-of-{len(members)}"
 
     return trial_dirname
 
@@ -252,14 +302,20 @@ def new_tuner(
     name: str | None = None,
     runs: list[dict] | None = None,
 ) -> tune.Tuner:
-    """A Tuner over the spec's grid (or over ``runs``, for branches) named ``name``."""
+    """A Tuner over the spec's grid (or over ``runs``, for branches) named ``name``.
+
+    Ray must be connected: ``batch_lineages: auto`` sizes the groups to the cluster.
+    """
+    groups = None
+    if spec.kind == "imp":
+        groups = lineage_groups(spec, datasets, trial_slots(spec))
     return tune.Tuner(
         trainable_for(spec, datasets, store_uri),
-        param_space=param_space(spec, runs),
+        param_space=param_space(spec, runs, groups),
         tune_config=tune.TuneConfig(
             trial_dirname_creator=trial_dirname_for(spec),
             reuse_actors=False,
-            **search_options(spec, runs),
+            **search_options(spec, runs, groups),
         ),
         run_config=_run_config(spec, storage_root, name or spec.name),
     )
