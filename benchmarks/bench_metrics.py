@@ -3,8 +3,13 @@
 Each fast path is timed against a plain reference in the same run, so the ratios hold on a
 shared, noisy machine even when the absolute times do not:
 
-* ``mask_autocorrelation`` (FFT) against the direct definition S(d) = sum_z m_z m_{z-d},
-  one tensor slice per offset d; the two must agree exactly before either is timed;
+* ``mask_autocorrelation`` (FFT) against two readings of S(d) = sum_z m_z m_{z-d}: the
+  pair loop (one unit at a time, a Python loop over every ordered pair of kept inputs adding 1
+  at their offset; benchmark 4's yardstick) and the offset-slice reference (one tensor slice
+  pair per offset d, vectorised over units); each must equal the FFT result exactly, for
+  ``channels="same"`` and ``"all"``, before anything is timed. Each reference runs on the first
+  few units and is compared per unit; the pair loop's cost grows with the square of the kept
+  inputs per unit, so the masks' mean density and pair counts are recorded with it;
 * ``rf_width`` (batched Levenberg-Marquardt) against ``scipy.optimize.curve_fit`` unit by unit,
   on a subsample of units, compared per unit;
 
@@ -112,6 +117,31 @@ def reference_autocorrelation(
     return s
 
 
+def pair_loop_autocorrelation(
+    mask: torch.Tensor, image_shape: tuple[int, int, int], channels: str = "same"
+) -> torch.Tensor:
+    """S(d) the way the definition reads: one unit at a time, every ordered pair of kept inputs.
+
+    For each unit, a Python loop over all ordered pairs (z, z') of kept pixels adds 1 to
+    S[z - z'], pairs taken within each channel (``"same"``) or across any two channels
+    (``"all"``); then each unit's kept count comes off d = 0, where every kept input met
+    itself. Cost: linear in units, quadratic in kept inputs per unit.
+    """
+    c, ny, nx = image_shape
+    units = []
+    for unit in mask.ne(0).reshape(-1, c, ny, nx).tolist():
+        kept = [[(y, x) for y in range(ny) for x in range(nx) if unit[ch][y][x]] for ch in range(c)]
+        groups = kept if channels == "same" else [[z for pixels in kept for z in pixels]]
+        s = [[0] * (2 * nx - 1) for _ in range(2 * ny - 1)]
+        for pixels in groups:
+            for y, x in pixels:
+                for y2, x2 in pixels:
+                    s[y - y2 + ny - 1][x - x2 + nx - 1] += 1
+        s[ny - 1][nx - 1] -= sum(len(pixels) for pixels in kept)
+        units.append(s)
+    return torch.tensor(units, dtype=torch.float64).reshape(-1, 2 * ny - 1, 2 * nx - 1)
+
+
 def _gaussian(d: np.ndarray, a: float, sx: float, sy: float) -> np.ndarray:
     return a * np.exp(-0.5 * (d[0] / sx) ** 2 - 0.5 * (d[1] / sy) ** 2)
 
@@ -144,30 +174,47 @@ def bench_autocorrelation(
     units: int,
     image_shape: tuple[int, int, int],
     reference_units: int,
+    pair_loop_units: int,
     repeats: int,
     reference_repeats: int,
     threads: int,
 ) -> dict:
-    """FFT at 1 and default threads against the direct definition on ``reference_units`` units.
+    """FFT at 1 and default threads against two references, each on the first few units.
 
-    The reference's cost is linear in the number of units, so it runs on the first few units
-    (the exactness check being its warm-up) and is compared per unit.
+    The offset-slice reference runs on ``reference_units`` units, the pair loop on
+    ``pair_loop_units``. Both cost time linear in the number of units, so each is compared per
+    unit, its exactness check being its warm-up. The pair loop's cost also grows with the
+    square of the kept inputs per unit, so the masks' density and pair counts, of the layer
+    and of the units it ran on, are recorded beside it.
     """
     mask = blob_masks(units, image_shape, seed=0)
     head = mask[:reference_units]
+    pair_head = mask[:pair_loop_units]
     for channels in ("same", "all"):
         fast = mask_autocorrelation(head, image_shape, channels)
         if not torch.equal(fast, reference_autocorrelation(head, image_shape, channels)):
             raise AssertionError(f"FFT and direct S(d) differ for {image_shape}, {channels}")
+        fast = mask_autocorrelation(pair_head, image_shape, channels)
+        if not torch.equal(fast, pair_loop_autocorrelation(pair_head, image_shape, channels)):
+            raise AssertionError(f"FFT and pair-loop S(d) differ for {image_shape}, {channels}")
     fft_1 = timings(with_threads(1, lambda: mask_autocorrelation(mask, image_shape)), repeats)
     fft_n = timings(with_threads(threads, lambda: mask_autocorrelation(mask, image_shape)), repeats)
     reference = timings(
         lambda: reference_autocorrelation(head, image_shape), reference_repeats, warm_up=False
     )
     reference_per_unit = reference["best_s"] / reference_units
+    pair_loop = timings(
+        lambda: pair_loop_autocorrelation(pair_head, image_shape), reference_repeats, warm_up=False
+    )
+    pair_loop_per_unit = pair_loop["best_s"] / pair_loop_units
+    # ordered same-channel pairs of kept inputs per unit, self-pairs included: the loop's work
+    kept = mask.reshape(units, image_shape[0], -1).sum(dim=2, dtype=torch.float64)
+    pairs = kept.square().sum(dim=1)
+    density = mask.to(torch.float64).mean(dim=1)
     return {
         "units": units,
         "image_shape": list(image_shape),
+        "mean_density": float(density.mean()),
         "exact_match_same_and_all": True,
         "fft_1_thread": fft_1,
         "fft_default_threads": fft_n,
@@ -176,6 +223,13 @@ def bench_autocorrelation(
         "reference_per_unit_s": reference_per_unit,
         "speedup_1_thread": reference_per_unit * units / fft_1["best_s"],
         "speedup_default_threads": reference_per_unit * units / fft_n["best_s"],
+        "pair_loop_units": pair_loop_units,
+        "pair_loop_mean_density": float(density[:pair_loop_units].mean()),
+        "pairs_per_unit": float(pairs.mean()),
+        "pair_loop_pairs_per_unit": float(pairs[:pair_loop_units].mean()),
+        "pair_loop": pair_loop,
+        "pair_loop_per_unit_s": pair_loop_per_unit,
+        "speedup_vs_pair_loop_1_thread": pair_loop_per_unit * units / fft_1["best_s"],
         "thread_scaling": fft_1["best_s"] / fft_n["best_s"],
     }
 
@@ -233,22 +287,25 @@ def main() -> None:
     args = parser.parse_args()
 
     threads = torch.get_num_threads()
-    # units, image shape, units the direct reference runs on, repeats, reference repeats
-    layers = [(256, (1, 16, 16), 64, 7, 3), (1024, (3, 32, 32), 16, 5, 2)]
+    # units, image shape, units the offset-slice and pair-loop references run on, repeats,
+    # reference repeats
+    layers = [(256, (1, 16, 16), 64, 256, 7, 3), (1024, (3, 32, 32), 16, 64, 5, 2)]
     if args.quick:
-        layers = [(256, (1, 16, 16), 32, 3, 1), (1024, (3, 32, 32), 4, 3, 1)]
+        layers = [(256, (1, 16, 16), 32, 64, 3, 1), (1024, (3, 32, 32), 4, 8, 3, 1)]
     else:
-        layers.append((1024, (3, 64, 64), 2, 3, 1))
+        layers.append((1024, (3, 64, 64), 2, 16, 3, 1))
 
     report = {"mode": "quick" if args.quick else "full", "environment": environment(threads)}
     report["mask_autocorrelation"] = []
-    for units, shape, ref_units, repeats, ref_repeats in layers:
+    for units, shape, ref_units, pair_units, repeats, ref_repeats in layers:
         print(f"mask_autocorrelation H={units} {shape}", flush=True)
         report["mask_autocorrelation"].append(
-            bench_autocorrelation(units, shape, ref_units, repeats, ref_repeats, threads)
+            bench_autocorrelation(
+                units, shape, ref_units, pair_units, repeats, ref_repeats, threads
+            )
         )
     report["rf_width"] = []
-    for units, shape, _, repeats, _ in layers:
+    for units, shape, _, _, repeats, _ in layers:
         print(f"rf_width H={units} {shape}", flush=True)
         report["rf_width"].append(bench_rf_width(units, shape, repeats))
 
