@@ -5,9 +5,12 @@
   the same lineage as the only trial of a Tune experiment. Ray's start-up is timed apart from
   the Tune run: it is paid once per driver, not per trial. The data sets reach the trials once,
   as one object-store put of ``tune.with_parameters``; its size is recorded.
-* Scaling: the default experiment (6 lineages) end to end with Ray given 1 and then 2 CPUs.
+* Scaling: the default experiment (6 lineages) end to end with Ray given 1 and then 2 CPUs,
+  with each ``run.batch_lineages`` setting: ``off`` (a trial per lineage, its methods trained
+  one at a time), ``1`` (a trial per lineage, the methods of a round stacked) and ``auto``
+  (one trial per CPU, all trainings of its lineages' round stacked).
 
-Run from the repository root (the full run takes about 15 minutes on a 2-core machine):
+Run from the repository root (the full run takes about 30 minutes on a 2-core machine):
 
     .venv/bin/python benchmarks/bench_ray.py [--steps N] [--skip-scaling]
         [--out benchmarks/results/ray.json]
@@ -70,12 +73,16 @@ def through_tune(spec, datasets, root: str) -> dict:
     return {"ray_start_s": started - start, "tune_fit_s": finished - started}
 
 
-def scaling(cpus: int, steps: int | None) -> float:
+SETTINGS = ("off", 1, "auto")
+
+
+def scaling(cpus: int, steps: int | None, setting) -> float:
     spec, text = load_spec(DEFAULT_SPEC)
+    data = spec.model_dump(mode="json")
+    data["run"]["batch_lineages"] = setting
     if steps:
-        data = spec.model_dump(mode="json")
         data["training"]["steps"] = steps
-        spec = parse_spec(data, "default experiment")
+    spec = parse_spec(data, "default experiment")
     with tempfile.TemporaryDirectory() as root:
         ray.init(num_cpus=cpus, include_dashboard=False, address="local", logging_level="ERROR")
         outcome = run_experiment(spec, text, storage_root=root)  # shuts Ray down at the end
@@ -110,13 +117,19 @@ def main() -> None:
     }
     print(json.dumps(report["overhead"], indent=2), flush=True)
     if not args.skip_scaling:
-        report["scaling"] = {}
+        found = report["scaling"] = {}
         for cpus in (1, 2):
-            print(f"default experiment with {cpus} CPU(s)", flush=True)
-            report["scaling"][f"cpus_{cpus}_wall_s"] = scaling(cpus, args.steps)
-        report["scaling"]["speed_up_2_over_1"] = (
-            report["scaling"]["cpus_1_wall_s"] / report["scaling"]["cpus_2_wall_s"]
-        )
+            for setting in SETTINGS:
+                print(f"default experiment, {cpus} CPU(s), batch_lineages {setting}", flush=True)
+                found[f"cpus_{cpus}_{setting}_wall_s"] = scaling(cpus, args.steps, setting)
+        for setting in SETTINGS:
+            found[f"speed_up_2_over_1_{setting}"] = (
+                found[f"cpus_1_{setting}_wall_s"] / found[f"cpus_2_{setting}_wall_s"]
+            )
+        for cpus in (1, 2):
+            found[f"cpus_{cpus}_speed_up_auto_over_off"] = (
+                found[f"cpus_{cpus}_off_wall_s"] / found[f"cpus_{cpus}_auto_wall_s"]
+            )
         print(json.dumps(report["scaling"], indent=2), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
