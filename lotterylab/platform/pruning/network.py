@@ -1,16 +1,18 @@
 """One private copy of a network, run functionally under substituted weights.
 
-Every scorer works on a ``ScoringNet``: the model is copied once, and each forward pass hands
-``torch.func.functional_call`` the tensors it should use (masked weights, random weights,
-squared or unit weights), so no scorer ever writes into a module. Path-based methods (SynFlow,
-SynFlow-L2, PX) run a *path network*: batch norm in eval mode folded into one per-channel
-scale and shift, transformed like the weights, so that the network computes sums over paths.
+Every scorer works on a ``ScoringNet``: the model is copied once, and each forward pass runs
+the copy with the tensors it should use (masked weights, random weights, squared or unit
+weights) swapped in for the call, as ``torch.func.functional_call`` does, so no scorer ever
+writes into a module's tensors. Path-based methods (SynFlow, SynFlow-L2, PX) run a *path
+network*: batch norm in eval mode folded into one per-channel scale and shift, transformed like
+the weights, so that the network computes sums over paths.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -52,34 +54,106 @@ def main_output(out: object) -> torch.Tensor:
     )
 
 
+def private_copy(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)`` with frozen parameters, built with less Python work per module.
+
+    Parameters and plain buffers are cloned up front into deepcopy's memo, and modules of plain
+    classes are rebuilt the way deepcopy rebuilds them (``__new__``, a copy of
+    ``__getstate__()``, ``__setstate__``), except that their empty hook tables are made afresh
+    rather than deep-copied one by one: most of the time a small network takes to copy.
+    Anything else (other attributes, modules of classes with their own copy or pickling
+    methods, tensor subclasses) goes through ``copy.deepcopy`` with the same memo.
+    """
+    memo: dict[int, object] = {}
+    for module in model.modules():
+        for p in module._parameters.values():
+            if type(p) is nn.Parameter and id(p) not in memo:
+                memo[id(p)] = nn.Parameter(p.detach().clone(), requires_grad=False)
+        for b in module._buffers.values():
+            if type(b) is torch.Tensor and not b.requires_grad and id(b) not in memo:
+                memo[id(b)] = b.clone()
+    copied = _copy_module(model, memo)
+    copied.requires_grad_(False)
+    return copied
+
+
+def _copy_module(module: nn.Module, memo: dict[int, object]) -> nn.Module:
+    if id(module) in memo:
+        return memo[id(module)]
+    cls = type(module)
+    if not (
+        getattr(cls, "__deepcopy__", None) is None
+        and cls.__reduce_ex__ is object.__reduce_ex__
+        and cls.__reduce__ is object.__reduce__
+        and not hasattr(cls, "__getnewargs_ex__")
+        and not hasattr(cls, "__getnewargs__")
+    ):
+        return copy.deepcopy(module, memo)
+    new = cls.__new__(cls)
+    memo[id(module)] = new
+    state = {}
+    for key, value in module.__getstate__().items():
+        if key in ("_parameters", "_buffers", "_modules") and type(value) is dict:
+            state[key] = {
+                k: _copy_module(v, memo) if isinstance(v, nn.Module) else copy.deepcopy(v, memo)
+                for k, v in value.items()
+            }
+        elif type(value) in (OrderedDict, dict, set) and not value:
+            state[key] = type(value)()
+        else:
+            state[key] = copy.deepcopy(value, memo)
+    new.__setstate__(state)
+    return new
+
+
+def tensor_slots(module: nn.Module) -> dict[str, tuple[dict, str]] | None:
+    """Each parameter and buffer's table (``_parameters`` or ``_buffers`` of its module) and key.
+
+    None when a tensor has more than one name (tied weights, a module used twice) or the
+    module is scripted: those calls go through ``functional_call``.
+    """
+    if isinstance(module, torch.jit.ScriptModule | nn.DataParallel):
+        return None
+    slots: dict[str, tuple[dict, str]] = {}
+    seen: set[int] = set()
+    for prefix, m in module.named_modules(remove_duplicate=False):
+        for table in (m._parameters, m._buffers):
+            for key, tensor in table.items():
+                if tensor is None:
+                    continue
+                if id(tensor) in seen:
+                    return None
+                seen.add(id(tensor))
+                slots[join_name(prefix, key)] = (table, key)
+    return slots
+
+
 class ScoringNet:
     """A frozen copy of ``model``; scorers call it with the tensors to substitute."""
 
     def __init__(self, model: nn.Module):
-        self.module = copy.deepcopy(model)
-        self.module.requires_grad_(False)
-        self.names = prunable_names(self.module)
+        self.module = private_copy(model)
+        self.names: list[str] = []
+        self.layers: dict[str, nn.Module] = {}
+        self.biases: list[str] = []
+        self.norms: dict[str, nn.modules.batchnorm._BatchNorm] = {}
+        for prefix, m in self.module.named_modules():  # one walk for all four
+            if isinstance(m, PRUNABLE_LAYERS):
+                if m.weight is not None:
+                    self.names.append(join_name(prefix, "weight"))
+                    self.layers[join_name(prefix, "weight")] = m
+                if m.bias is not None:
+                    self.biases.append(join_name(prefix, "bias"))
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                self.norms[prefix] = m
         if not self.names:
             raise ValueError(f"model {type(model).__name__} has no Conv or Linear weight to prune")
         self.params = {n: p.detach() for n, p in self.module.named_parameters()}
         self.buffers = {n: b.detach() for n, b in self.module.named_buffers()}
         first = self.params[self.names[0]]
         self.device, self.dtype = first.device, first.dtype
-        self.norms = {
-            prefix: m
-            for prefix, m in self.module.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm)
-        }
-        self.layers = {
-            join_name(prefix, "weight"): m
-            for prefix, m in self.module.named_modules()
-            if isinstance(m, PRUNABLE_LAYERS) and m.weight is not None
-        }
-        self.biases = [
-            join_name(prefix, "bias")
-            for prefix, m in self.module.named_modules()
-            if isinstance(m, PRUNABLE_LAYERS) and m.bias is not None
-        ]
+        self._slots = tensor_slots(self.module)
+        self._training: bool | None = None  # the mode all modules were last set to
 
     def weights(self) -> dict[str, torch.Tensor]:
         return {n: self.params[n] for n in self.names}
@@ -88,7 +162,13 @@ class ScoringNet:
         self, masks: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor] | None = None
     ) -> dict[str, torch.Tensor]:
         weights = self.weights() if weights is None else weights
-        return {n: weights[n] * masks[n].to(weights[n].dtype) for n in self.names}
+        factors = [
+            masks[n] if masks[n].dtype == torch.bool else masks[n].to(weights[n].dtype)
+            for n in self.names
+        ]
+        # one call for all layers; w * bool mask is w * 1.0 or w * 0.0, as w * mask.to(w.dtype)
+        products = torch._foreach_mul([weights[n] for n in self.names], factors)
+        return dict(zip(self.names, products, strict=True))
 
     def output_layer(self, name: str | None = None) -> str:
         """The classifier's weight: ``name`` if given, else the last Conv/Linear registered."""
@@ -112,8 +192,32 @@ class ScoringNet:
         if train:
             for name, b in self.buffers.items():
                 state[name] = state.get(name, b).clone()
-        self.module.train(train)
-        return main_output(functional_call(self.module, state, (x,), strict=False))
+        self._set_mode(train)
+        return main_output(self._run(state, x))
+
+    def _set_mode(self, train: bool) -> None:
+        if self._training is not train:
+            self.module.train(train)
+            self._training = train
+
+    def _run(self, state: dict[str, torch.Tensor], x: torch.Tensor) -> object:
+        """``functional_call(self.module, state, (x,), strict=False)``, swapping the tensors
+        straight into the modules' tables when every name in ``state`` has one place."""
+        slots = self._slots
+        if slots is None or torch.jit.is_tracing() or not all(n in slots for n in state):
+            return functional_call(self.module, state, (x,), strict=False)
+        saved = []
+        try:
+            for name, tensor in state.items():
+                table, key = slots[name]
+                saved.append((name, table, key, table[key]))
+                table[key] = tensor
+            return self.module(x)
+        finally:
+            for name, table, key, original in reversed(saved):
+                if table[key] is not state[name]:  # replaced during the call, not updated in place
+                    state[name] = table[key]
+                table[key] = original
 
     def running_stats(self, x: torch.Tensor, state: Mapping[str, torch.Tensor]) -> dict:
         """Batch-norm buffers holding the batch statistics of ``x`` (fresh, momentum 1)."""
@@ -130,9 +234,9 @@ class ScoringNet:
             saved[prefix] = bn.momentum
             bn.momentum = 1.0
         try:
-            self.module.train(True)
+            self._set_mode(True)
             with torch.no_grad():
-                functional_call(self.module, fresh, (x,), strict=False)
+                self._run(fresh, x)
         finally:
             for prefix, momentum in saved.items():
                 self.norms[prefix].momentum = momentum
@@ -163,62 +267,91 @@ class ScoringNet:
         state = {
             n: t.to(dtype) if t.is_floating_point() else t
             for n, t in {**self.params, **self.buffers}.items()
+            if n not in weights  # replaced below: not converted twice
         }
         for name in self.biases:
             state[name] = (
                 torch.zeros_like(state[name]) if kind == "unit" else transform(state[name])
             )
-        for prefix, bn in self.norms.items():
-            state.update(self._folded_norm(prefix, bn, state, kind, transform))
+        state.update(self._folded_norms(state, kind))
         state.update({n: w.to(dtype) for n, w in weights.items()})
         return state
 
-    @staticmethod
-    def _folded_norm(prefix, bn, state, kind, transform) -> dict[str, torch.Tensor]:
-        if bn.running_mean is None:
-            raise ValueError(
-                f"batch norm {prefix!r} keeps no running statistics (track_running_stats=False); "
-                "path-based methods need its eval-mode scale and shift"
-            )
-        mean = state[join_name(prefix, "running_mean")]
-        var = state[join_name(prefix, "running_var")]
-        gamma = state[join_name(prefix, "weight")] if bn.affine else torch.ones_like(mean)
-        beta = state[join_name(prefix, "bias")] if bn.affine else torch.zeros_like(mean)
-        scale = gamma / torch.sqrt(var + bn.eps)
-        shift = beta - mean * scale
-        scale = transform(scale)
-        shift = torch.zeros_like(shift) if kind == "unit" else transform(shift)
-        if bn.affine:
-            return {
-                join_name(prefix, "weight"): scale * math.sqrt(1.0 + bn.eps),
-                join_name(prefix, "bias"): shift,
-                join_name(prefix, "running_mean"): torch.zeros_like(mean),
-                join_name(prefix, "running_var"): torch.ones_like(var),
-            }
-        new_var = 1.0 / scale.square() - bn.eps
-        if not bool((new_var > 0).all()):
-            raise ValueError(
-                f"batch norm {prefix!r} (affine=False) has a scale that a non-affine module "
-                "cannot express in a path network"
-            )
-        return {
-            join_name(prefix, "running_mean"): -shift / scale,
-            join_name(prefix, "running_var"): new_var,
-        }
+    def _folded_norms(self, state, kind) -> dict[str, torch.Tensor]:
+        """Each batch norm's eval-mode scale and shift, transformed, as its new tensors.
+
+        The same element-wise operations as one norm at a time, run on all norms at once.
+        """
+        for prefix, bn in self.norms.items():
+            if bn.running_mean is None:
+                raise ValueError(
+                    f"batch norm {prefix!r} keeps no running statistics "
+                    "(track_running_stats=False); path-based methods need its eval-mode scale "
+                    "and shift"
+                )
+        if not self.norms:
+            return {}
+        prefixes, norms = list(self.norms), list(self.norms.values())
+        mean = [state[join_name(p, "running_mean")] for p in prefixes]
+        var = [state[join_name(p, "running_var")] for p in prefixes]
+        gamma = [
+            state[join_name(p, "weight")] if bn.affine else torch.ones_like(m)
+            for p, bn, m in zip(prefixes, norms, mean, strict=True)
+        ]
+        beta = [
+            state[join_name(p, "bias")] if bn.affine else torch.zeros_like(m)
+            for p, bn, m in zip(prefixes, norms, mean, strict=True)
+        ]
+        if kind == "unit":
+            scale = [torch.ones_like(m) for m in mean]
+            shift = [torch.zeros_like(m) for m in mean]
+        else:
+            # scale = gamma / sqrt(var + eps); shift = beta - mean * scale
+            scale = torch._foreach_sqrt(torch._foreach_add(var, [bn.eps for bn in norms]))
+            scale = torch._foreach_div(gamma, scale)
+            shift = torch._foreach_sub(beta, torch._foreach_mul(mean, scale))
+            if kind == "abs":
+                scale, shift = torch._foreach_abs(scale), torch._foreach_abs(shift)
+            else:  # square: torch.square(t) is t * t
+                scale, shift = torch._foreach_mul(scale, scale), torch._foreach_mul(shift, shift)
+        # an affine norm's weight times sqrt(1 + eps) undoes the unit variance's eps
+        weight = torch._foreach_mul(scale, [math.sqrt(1.0 + bn.eps) for bn in norms])
+        out: dict[str, torch.Tensor] = {}
+        rows = zip(prefixes, norms, mean, var, scale, shift, weight, strict=True)
+        for p, bn, m, v, a, b, w in rows:
+            if bn.affine:
+                out[join_name(p, "weight")] = w
+                out[join_name(p, "bias")] = b
+                out[join_name(p, "running_mean")] = torch.zeros_like(m)
+                out[join_name(p, "running_var")] = torch.ones_like(v)
+                continue
+            new_var = 1.0 / a.square() - bn.eps
+            if not bool((new_var > 0).all()):
+                raise ValueError(
+                    f"batch norm {p!r} (affine=False) has a scale that a non-affine module "
+                    "cannot express in a path network"
+                )
+            out[join_name(p, "running_mean")] = -b / a
+            out[join_name(p, "running_var")] = new_var
+        return out
 
 
 class Relus(TorchFunctionMode):
     """Overrides every ReLU call (``nn.ReLU``, ``F.relu``, ``torch.relu``, in place or not).
 
     ``record``: run ReLU and keep its on/off pattern; ``replay``: multiply by the patterns
-    recorded on another network, in call order; ``linear``: identity.
+    recorded on another network, in call order; ``linear``: identity, noting the largest
+    |input| in ``peak`` unless ``track_peak`` is False.
     """
 
-    def __init__(self, how: str, gates: list[torch.Tensor] | None = None):
+    def __init__(
+        self, how: str, gates: list[torch.Tensor] | None = None, *, track_peak: bool = True
+    ):
         super().__init__()
         self.how = how
         self.gates = [] if gates is None else gates
         self.index = 0
+        self.track_peak = track_peak
         self.peak = 0.0  # largest |input| seen by a linear ReLU: a bound on the activations
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -227,7 +360,8 @@ class Relus(TorchFunctionMode):
             return func(*args, **kwargs)
         x = args[0]
         if self.how == "linear":
-            self.peak = max(self.peak, float(x.detach().abs().max()))
+            if self.track_peak:
+                self.peak = max(self.peak, float(x.detach().abs().max()))
             return x
         if self.how == "record":
             self.gates.append(x > 0)
@@ -256,7 +390,7 @@ def path_gradients(
     """
     state = net.path_state(kind, leaves)
     ones = torch.ones((1, *sample_shape), dtype=torch.float64, device=net.device)
-    with Relus("linear"):
+    with Relus("linear", track_peak=False):
         out = net(ones, state)
     total = out.sum() if output_weights is None else (out * output_weights).sum()
     grads = torch.autograd.grad(total, [leaves[n] for n in net.names], allow_unused=True)
@@ -264,6 +398,16 @@ def path_gradients(
         n: torch.zeros_like(leaves[n]) if g is None else g
         for n, g in zip(net.names, grads, strict=True)
     }
+
+
+def path_scores(
+    net: ScoringNet, grads: Mapping[str, torch.Tensor], leaves: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """|grad * leaf| for every prunable weight, all layers in one call."""
+    with torch.no_grad():
+        scores = torch._foreach_mul([grads[n] for n in net.names], [leaves[n] for n in net.names])
+        torch._foreach_abs_(scores)
+    return dict(zip(net.names, scores, strict=True))
 
 
 def sample_shape(

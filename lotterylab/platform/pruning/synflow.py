@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from lotterylab.platform.pruning.network import path_gradients, sample_shape
+from lotterylab.platform.pruning.network import path_gradients, path_scores, sample_shape
 from lotterylab.platform.schema import Strict
 
 
@@ -21,8 +21,9 @@ class SynFlowHParams(Strict):
 
 def synflow_scores(net, masks, data, generator, hparams: SynFlowHParams) -> dict[str, torch.Tensor]:
     shape = sample_shape("synflow", data, hparams.input_shape)
-    leaves = {
-        n: w.abs().to(torch.float64).requires_grad_(True) for n, w in net.masked(masks).items()
-    }
+    with torch.no_grad():  # |w| in float64, all layers in one call (exact in any order)
+        weights = [w.to(torch.float64) for w in net.masked(masks).values()]
+        torch._foreach_abs_(weights)
+    leaves = {n: w.requires_grad_(True) for n, w in zip(net.names, weights, strict=True)}
     grads = path_gradients(net, "abs", leaves, shape)
-    return {n: (grads[n] * leaves[n]).detach().abs() for n in net.names}
+    return path_scores(net, grads, leaves)

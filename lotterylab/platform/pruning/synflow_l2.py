@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from lotterylab.platform.pruning.network import path_gradients, sample_shape
+from lotterylab.platform.pruning.network import path_gradients, path_scores, sample_shape
 from lotterylab.platform.schema import Strict
 
 
@@ -21,11 +21,12 @@ class SynFlowL2HParams(Strict):
 
 def squared_path_scores(net, masks, shape, output_weights=None) -> dict[str, torch.Tensor]:
     """|dR/d(theta^2) * theta^2| with R = sum of outputs (times ``output_weights``)."""
-    leaves = {
-        n: w.to(torch.float64).square().requires_grad_(True) for n, w in net.masked(masks).items()
-    }
+    with torch.no_grad():  # theta^2 in float64, all layers in one call; square(t) is t * t
+        weights = [w.to(torch.float64) for w in net.masked(masks).values()]
+        squares = torch._foreach_mul(weights, weights)
+    leaves = {n: w.requires_grad_(True) for n, w in zip(net.names, squares, strict=True)}
     grads = path_gradients(net, "square", leaves, shape, output_weights)
-    return {n: (grads[n] * leaves[n]).detach().abs() for n in net.names}
+    return path_scores(net, grads, leaves)
 
 
 def synflow_l2_scores(
