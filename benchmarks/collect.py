@@ -171,6 +171,20 @@ def ray_overhead(report: dict) -> list[dict]:
             report,
         )
     ]
+    group = report.get("group_overhead")
+    if group is not None:
+        rows.append(
+            _row(
+                "7c",
+                "the default experiment's 6 lineages as one trial through Ray Tune / the same "
+                "group run directly, wall time",
+                "≤ 1.05",
+                group["tune_over_direct"],
+                group["tune_over_direct"] <= 1.05,
+                f"{group['tune_fit_s']:.1f} s vs {group['direct_s']:.1f} s, 1 CPU",
+                report,
+            )
+        )
     scaling = report.get("scaling", {})
     if "speed_up_2_over_1_auto" in scaling:  # figures of every batch_lineages setting
         rows.append(
