@@ -21,14 +21,12 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shutil
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
+import common
 import ray
 import torch
 
@@ -73,16 +71,7 @@ PAI_SPEC = {
 
 
 def environment() -> dict:
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "ray": ray.__version__,
-        "torch_threads_per_worker": 1,
-        "logical_cpus": os.cpu_count(),
-        "load_average_at_start": list(os.getloadavg()),
-    }
+    return {**common.environment(), "ray": ray.__version__, "torch_threads_per_worker": 1}
 
 
 def write_experiments(root: str) -> list[tuple[ExperimentStore, object]]:

@@ -30,17 +30,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import resource
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import torch
-from common import cpu_model
+from common import environment
 from pydantic import TypeAdapter
 from torch import nn
 
@@ -140,19 +136,6 @@ def summary(runs: list[tuple[float, float, bool, object]]) -> dict:
         "repeats": len(runs),
         "peak_rss_growth_mib": max(r[1] for r in runs),
         "peak_rss_reset_per_call": all(r[2] for r in runs),
-    }
-
-
-def environment() -> dict:
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cpu_model": cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "load_average_at_start": list(os.getloadavg()),
     }
 
 

@@ -539,11 +539,7 @@ class UnitRunner:
         }
         row = {
             **self._columns(unit),
-            "actual_density": float(widths.density),
-            "layer_density": {k: float(v) for k, v in widths.layer_density.items()},
-            "active_units": {k: int(v) for k, v in widths.active_units.items()},
-            "total_units": {k: int(v) for k, v in widths.total_units.items()},
-            "collapsed": bool(widths.collapsed),
+            **widths.columns(),
         }
         return artifact, row
 

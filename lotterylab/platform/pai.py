@@ -259,11 +259,7 @@ class PaIRun:
         widths = layer_widths(self.masks)
         row = {
             **self._columns(),
-            "actual_density": float(widths.density),
-            "layer_density": {k: float(v) for k, v in widths.layer_density.items()},
-            "active_units": {k: int(v) for k, v in widths.active_units.items()},
-            "total_units": {k: int(v) for k, v in widths.total_units.items()},
-            "collapsed": bool(widths.collapsed),
+            **widths.columns(),
             "scoring_time_s": scoring_time,
             "rf_width_median": None,
             "rf_width_mean": None,

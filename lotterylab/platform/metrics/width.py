@@ -20,6 +20,16 @@ class LayerWidths:
     density: float  # surviving fraction of all weights in the masks
     collapsed: bool  # some layer has no active unit
 
+    def columns(self) -> dict:
+        """The widths as the plain values of a table row."""
+        return {
+            "actual_density": float(self.density),
+            "layer_density": {k: float(v) for k, v in self.layer_density.items()},
+            "active_units": {k: int(v) for k, v in self.active_units.items()},
+            "total_units": {k: int(v) for k, v in self.total_units.items()},
+            "collapsed": bool(self.collapsed),
+        }
+
 
 def layer_widths(masks: Mapping[str, torch.Tensor]) -> LayerWidths:
     """Widths of every masked layer; the first dimension of each mask indexes output units."""
