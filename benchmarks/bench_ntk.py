@@ -42,7 +42,8 @@ from torch import nn
 
 from lotterylab.platform.metrics import ntk_matrix, ntk_spectrum
 from lotterylab.platform.metrics.ntk import NTK_CHUNK_SIZE
-from lotterylab.platform.models import ModelSpec, build_model
+from lotterylab.platform.models import build_model
+from lotterylab.platform.spec import ModelSpec
 
 CLASSES = 10
 INPUT_SHAPE = (3, 32, 32)

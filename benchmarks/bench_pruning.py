@@ -35,8 +35,9 @@ from pydantic import TypeAdapter
 from torch import nn
 from torch.nn.utils import parametrize
 
-from lotterylab.platform.models import ModelSpec, build_model
+from lotterylab.platform.models import build_model
 from lotterylab.platform.pruning import keep_top, method_names, prunable_names, score
+from lotterylab.platform.spec import ModelSpec
 
 GRID = [0.8 ** (2 * k) for k in range(1, 10)]
 

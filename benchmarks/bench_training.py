@@ -30,9 +30,9 @@ from pydantic import TypeAdapter
 from torch import nn
 
 from lotterylab.platform.data.dataset import ImageDataset
-from lotterylab.platform.models import FCNModel, ModelSpec, build_model, prunable_names
+from lotterylab.platform.models import FCNModel, build_model, prunable_names
 from lotterylab.platform.models.masking import apply_masks
-from lotterylab.platform.spec import TrainingSpec
+from lotterylab.platform.spec import ModelSpec, TrainingSpec
 from lotterylab.platform.training import make_optimizer, train, train_epoch
 
 IMAGE = (3, 32, 32)

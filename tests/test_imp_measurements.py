@@ -91,5 +91,5 @@ def test_cavity_guided_pruning_removes_the_highest_cavity_scores(cavity_spec, tm
 
 def test_cavity_sibling_needs_the_fcn(cavity_spec):
     cavity_spec["model"] = {"name": "resnet20"}
-    with pytest.raises(SpecError, match="imp.baselines: 'cavity'.*fcn"):
+    with pytest.raises(SpecError, match=r"imp.baselines.\d+: 'cavity'.*'fcn'"):
         parse_spec(cavity_spec, "s.yaml")

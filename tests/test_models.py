@@ -12,7 +12,6 @@ from lotterylab.platform.models import (
     FCN,
     MODELS,
     FCNModel,
-    ModelSpec,
     apply_masks,
     build_model,
     first_layer_name,
@@ -22,6 +21,7 @@ from lotterylab.platform.models import (
     output_layer_name,
     prunable_names,
 )
+from lotterylab.platform.spec import ModelSpec
 
 SPEC = TypeAdapter(ModelSpec)
 
@@ -37,10 +37,8 @@ def test_fcn_weights_are_glorot_from_the_seeds_generator():
     glorot_(expected, "glorot_normal", generator)
     assert torch.equal(model.layers[0].weight, expected)
     assert torch.equal(model.layers[0].bias, torch.zeros(5))
-    flat = build_model(FCNModel(hidden=[5]), 16, 3, 7)  # older callers pass a flat input width
+    flat = build_model(FCNModel(hidden=[5]), (16, 1, 1), 3, 7)  # the input width is all it uses
     assert all(torch.equal(v, flat.state_dict()[k]) for k, v in model.state_dict().items())
-    with pytest.raises(ValueError, match="image shape"):
-        build_model(SPEC.validate_python({"name": "resnet20"}), 16, 3, 7)
 
 
 def test_fcn_prunable_names_keep_the_layer_order_and_flags():

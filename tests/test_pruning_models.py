@@ -8,8 +8,9 @@ import pytest
 import torch
 from pydantic import TypeAdapter
 
-from lotterylab.platform.models import ModelSpec, build_model
+from lotterylab.platform.models import build_model
 from lotterylab.platform.pruning import keep_top, method_names, prunable_names, score
+from lotterylab.platform.spec import ModelSpec
 
 GRID = [0.8 ** (2 * k) for k in range(1, 10)]  # paper 2's densities, 36 % ... 98.2 % sparsity
 

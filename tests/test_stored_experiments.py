@@ -60,7 +60,9 @@ def _ids(name: str) -> list[str]:
                 ids.append(_pai(spec, point, branch=kind, parent_id=parent).run_id)
         return ids
     if name == "tiny_pai_dense_reference":
-        return [dense_reference(spec, "nlgp3", 0, init, 10).source_id for init in ("init", "reinit")]
+        return [
+            dense_reference(spec, "nlgp3", 0, init, 10).source_id for init in ("init", "reinit")
+        ]
     return _grid_ids(spec)
 
 
@@ -102,7 +104,10 @@ def test_an_experiment_of_the_pinned_version_resumes_without_rerunning(stored):
     after = open_experiment(uri).rounds()
     columns = ["lineage_id", "method", "round", "test_accuracy", "sparsity"]
     key = ["lineage_id", "method", "round"]
-    assert after[columns].sort_values(key).reset_index(drop=True).equals(
-        before[columns].sort_values(key).reset_index(drop=True)
+    assert (
+        after[columns]
+        .sort_values(key)
+        .reset_index(drop=True)
+        .equals(before[columns].sort_values(key).reset_index(drop=True))
     )
     assert sorted(after["round"].unique()) == [0, 1, 2]

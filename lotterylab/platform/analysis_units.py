@@ -31,6 +31,13 @@ from torch import nn
 from lotterylab.platform import masks as mk
 from lotterylab.platform.data.dataset import ImageDataset
 from lotterylab.platform.data.registry import build_dataset
+from lotterylab.platform.first_layer import (
+    finite_or_none,
+    first_layer_inputs,
+    kurtosis_columns,
+    rf_width_columns,
+)
+from lotterylab.platform.identity import dense_identity
 from lotterylab.platform.ids import short_hash
 from lotterylab.platform.metrics import (
     cavity_scores,
@@ -38,9 +45,14 @@ from lotterylab.platform.metrics import (
     ntk_spectrum,
     preactivation_kurtosis,
     rf_width,
-    rf_width_summary,
 )
-from lotterylab.platform.models import apply_masks, build_model, first_layer_name, model_task
+from lotterylab.platform.models import (
+    apply_masks,
+    build_model,
+    first_layer_name,
+    has_dense_first_layer,
+    model_task,
+)
 from lotterylab.platform.seeds import derived_seed
 from lotterylab.platform.spec import ExperimentSpec, IMPSpec
 from lotterylab.platform.store import ExperimentStore, StoreError
@@ -184,12 +196,12 @@ def _imp_units(store: ExperimentStore, spec: ExperimentSpec, what: tuple) -> Uni
         if not store.exists(rel + ".sha256"):
             continue  # round 0 has not ended yet
         info = read_settled(store, rel, store.read_json)
-        dense_first = has_dense_first_layer(spec, tuple(info["image_shape"]))
+        dense_first = has_dense_first_layer(spec.model)
         if not dense_first:
             for w in first_layer_units:
                 listing.not_applicable[w] = (
                     f"{spec.model.name} has no dense first layer on pixels; {w} applies to "
-                    "FCN lineages"
+                    "models with one (the FCN)"
                 )
         kinds = [w for w in what if w == WIDTH or (w in first_layer_units and dense_first)]
         for method in info["methods"]:
@@ -254,12 +266,12 @@ def _pai_units(
         if WIDTH in what:
             listing.units.append(AnalysisUnit(what=WIDTH, **common))
         if KURTOSIS in what:
-            if has_dense_first_layer(spec, image_shape):
+            if has_dense_first_layer(spec.model):
                 listing.units.append(AnalysisUnit(what=KURTOSIS, **common))
             else:
                 listing.not_applicable[KURTOSIS] = (
                     f"{spec.model.name} has no dense first layer on pixels; kurtosis and RF "
-                    "widths apply to FCN runs"
+                    "widths apply to models with one (the FCN)"
                 )
     listing.units.extend(dense.values())
     return listing
@@ -269,11 +281,7 @@ def dense_reference(
     spec: ExperimentSpec, dataset: str, seed: int, init: str, samples: int
 ) -> AnalysisUnit:
     """The NTK unit of the unpruned net that PaI runs of (data set, seed, init) start from."""
-    identity = {
-        "model": spec.model.model_dump(mode="json"),
-        "data": spec.dataset(dataset).model_dump(mode="json"),
-        "init": init,
-    }
+    identity = dense_identity(spec, dataset, init)
     suffix = "-reinit" if init == "reinit" else ""
     return AnalysisUnit(
         what=NTK,
@@ -304,18 +312,6 @@ def _check_ntk_size(
             f"({rows**2 * 8 / 2**30:.1f} GiB in float64); at most {MAX_NTK_ROWS} rows are "
             f"computed, so use --samples {max(1, MAX_NTK_ROWS // outputs)} or fewer"
         )
-
-
-_DENSE_FIRST: dict[tuple, bool] = {}
-
-
-def has_dense_first_layer(spec: ExperimentSpec, image_shape: tuple) -> bool:
-    """Whether the model's first layer is dense on pixels (the FCN), as the procedures ask."""
-    key = (spec.model.model_dump_json(), image_shape)
-    if key not in _DENSE_FIRST:
-        model = build_model(spec.model, image_shape, 2, 0)
-        _DENSE_FIRST[key] = hasattr(model, "first_layer_inputs")
-    return _DENSE_FIRST[key]
 
 
 def read_settled(store: ExperimentStore, rel: str, reader: Callable[[str], Any]) -> Any:
@@ -454,19 +450,16 @@ class UnitRunner:
         if unit.source == "lineage":
             rel = f"lineages/{unit.source_id}/rewind.pt"
             state = read_settled(self.store, rel, self.store.read_tensors)
-            count = min(data.size("train"), self.spec.imp.measure_samples)
+            count = self.spec.imp.measure_samples
         else:
             state = self.initial_model(unit).state_dict()
-            count = min(data.size("train"), PAI_MEASURE_SAMPLES)
+            count = PAI_MEASURE_SAMPLES
         model = self._template(unit.dataset)
         name = first_layer_name(model)
         if self._inputs is None or self._inputs[0] != unit.source_id:
             self._inputs = None  # free the last source's inputs first
             model.load_state_dict(state)
-            model = model.to(self.device).eval()
-            x = data.batch("train", torch.arange(count)).to(self.device)
-            with torch.no_grad():
-                self._inputs = (unit.source_id, model.first_layer_inputs(x))
+            self._inputs = (unit.source_id, first_layer_inputs(model, data, count, self.device))
         return name, state[name], self._inputs[1]
 
     # -- the analyses ---------------------------------------------------------------------
@@ -481,7 +474,7 @@ class UnitRunner:
             **self._columns(unit),
             "n_alive": n_alive,
             "n_scored": int(scored.numel()),
-            "cavity_mean": _finite(n_alive * scored.mean()) if scored.numel() else None,
+            "cavity_mean": finite_or_none(n_alive * scored.mean()) if scored.numel() else None,
             "positive_fraction": float((scored > 0).double().mean()) if scored.numel() else None,
         }
         return {"scores": scores}, row
@@ -501,28 +494,12 @@ class UnitRunner:
             num_classes=data.num_classes if labels.dim() == 1 else None,
         )
         sigma_x, sigma_y = rf_width(mask, data.image_shape)
-        same = rf_width_summary(mask, data.image_shape)
-        overall = kurtosis.overall[kurtosis.overall.isfinite()].cpu()
         row = {
             **self._columns(unit),
             "sparsity_first_layer": 1.0 - float(mask.float().mean()),
-            "kurtosis_mean": _finite(kurtosis.mean) if kurtosis.per_class is not None else None,
-            "kurtosis_all_mean": _finite(overall.mean()) if len(overall) else None,
-            "kurtosis_median": _finite(overall.median()) if len(overall) else None,
-            "rf_width_median": _finite(same.median_x),
-            "rf_width_mean": _finite(same.mean_x),
-            "rf_width_y_median": _finite(same.median_y),
-            "rf_width_y_mean": _finite(same.mean_y),
-            "rf_width_cross_median": None,
-            "rf_width_cross_mean": None,
-            "empty_units": same.empty_units,
+            **kurtosis_columns(kurtosis),
+            **rf_width_columns(mask, data.image_shape),
         }
-        if data.image_shape[0] > 1:
-            cross = rf_width_summary(mask, data.image_shape, "all")
-            row.update(
-                rf_width_cross_median=_finite(cross.median_x),
-                rf_width_cross_mean=_finite(cross.mean_x),
-            )
         artifact = {"overall": kurtosis.overall.cpu(), "sigma_x": sigma_x, "sigma_y": sigma_y}
         if kurtosis.per_class is not None:
             artifact["per_class"] = kurtosis.per_class.cpu()
@@ -592,8 +569,3 @@ class UnitRunner:
             "branch": unit.branch,
             "artifact": unit.output,
         }
-
-
-def _finite(value) -> float | None:
-    value = float(value)
-    return value if value == value and abs(value) != float("inf") else None

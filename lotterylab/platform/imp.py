@@ -29,15 +29,29 @@ from torch import nn
 
 from lotterylab.platform import masks as mk
 from lotterylab.platform.data.dataset import ImageDataset
+from lotterylab.platform.first_layer import (
+    finite_or_none,
+    first_layer_inputs,
+    kurtosis_columns,
+    rf_width_columns,
+)
+from lotterylab.platform.identity import lineage_identity
 from lotterylab.platform.ids import lineage_id
 from lotterylab.platform.imp_methods import RoundContext, sibling
 from lotterylab.platform.metrics import (
     cavity_by_removal_round,
     cavity_scores,
     preactivation_kurtosis,
-    rf_width_summary,
 )
-from lotterylab.platform.models import apply_masks, build_model, first_layer_name, prunable_names
+from lotterylab.platform.models import (
+    apply_masks,
+    build_model,
+    first_layer_name,
+    has_dense_first_layer,
+    model_entry,
+    prunable_names,
+)
+from lotterylab.platform.pruning import keep_top
 from lotterylab.platform.round_trainings import Training, run_trainings
 from lotterylab.platform.seeds import derived_seed
 from lotterylab.platform.spec import ExperimentSpec
@@ -47,30 +61,7 @@ from lotterylab.platform.training import evaluate
 
 IMP = "imp"
 
-# fields added to the spec after lineage ids were first pinned: left out of a lineage's
-# identity while they hold their defaults, so existing results keep their ids
-_LATER_FIELDS = {
-    "training": {
-        "momentum": 0.0,
-        "weight_decay": 0.0,
-        "epochs": None,
-        "lr_drops": [],
-        "lr_drop_factor": 0.1,
-        "augment": "none",
-    },
-    "imp": {
-        "measure_kurtosis": True,
-        "measure_cavity": True,
-        "measure_samples": 50_000,
-    },
-}
-
 __all__ = ["IMP", "IMPLineage", "LineageConfig", "derived_seed"]
-
-
-def _identity_section(section: str, dump: dict) -> dict:
-    later = _LATER_FIELDS.get(section, {})
-    return {k: v for k, v in dump.items() if not (k in later and later[k] == v)}
 
 
 @dataclass(frozen=True)
@@ -83,26 +74,13 @@ class LineageConfig:
     @property
     def identity(self) -> dict:
         """What changes the computation (hashed into the lineage id)."""
-        return {
-            "kind": self.spec.kind,
-            "data": _data_identity(self.spec, self.dataset),
-            "model": self.spec.model.model_dump(mode="json"),
-            "training": _identity_section("training", self.spec.training.model_dump(mode="json")),
-            "imp": _identity_section("imp", self.spec.imp.model_dump(mode="json")),
-        }
+        return lineage_identity(self.spec, self.dataset)
 
     @property
     def lineage_id(self) -> str:
         return lineage_id(
             self.spec.kind, self.spec.model.name, self.dataset, self.identity, self.seed
         )
-
-
-def _data_identity(spec: ExperimentSpec, name: str) -> dict:
-    data = spec.dataset(name).model_dump(mode="json")
-    if data["type"] == "gaussian_clone":
-        data["of"] = _data_identity(spec, data["of"])
-    return data
 
 
 class IMPLineage:
@@ -125,8 +103,8 @@ class IMPLineage:
         model = self._fresh_model()
         self.names = prunable_names(model, self.imp.prune_biases, self.imp.prune_output)
         self.first_layer = first_layer_name(model)
-        # kurtosis, cavity scores and RF widths read a dense first layer on pixels (the FCN)
-        self.dense_first_layer = hasattr(model, "first_layer_inputs")
+        # kurtosis, cavity scores and RF widths read a dense first layer on pixels
+        self.dense_first_layer = has_dense_first_layer(self.spec.model)
         params = dict(model.named_parameters())
         shapes = {n: params[n].shape for n in self.names}
         self.next_round = 0
@@ -169,7 +147,7 @@ class IMPLineage:
     @property
     def stacks(self) -> bool:
         """Whether this lineage's trainings may join one stacked computation."""
-        return self.spec.run.batch_lineages != "off"
+        return self.spec.run.batch_lineages != "off" and model_entry(self.spec.model).stacks
 
     def round_trainings(self) -> list[Training]:
         """The trainings round ``next_round`` needs: the dense net, or one per trained method.
@@ -268,7 +246,7 @@ class IMPLineage:
                 first_layer=self.first_layer,
                 first_layer_inputs=self._first_layer_inputs,
             )
-            own_kept = strategy.keep(context)
+            own_kept = keep_top(strategy.scores(context), own_alive, counts)
             for name, rr in self.removal_rounds[method].items():
                 rr[own_alive[name] & ~own_kept[name]] = n
 
@@ -282,11 +260,9 @@ class IMPLineage:
         if self._measure_inputs is None:
             model = self._fresh_model()
             model.load_state_dict(self.rewind_state)
-            model = model.to(self.device).eval()
-            count = min(self.data.size("train"), self.imp.measure_samples)
-            x = self.data.batch("train", torch.arange(count)).to(self.device)
-            with torch.no_grad():
-                self._measure_inputs = model.first_layer_inputs(x)
+            self._measure_inputs = first_layer_inputs(
+                model, self.data, self.imp.measure_samples, self.device
+            )
         return self._measure_inputs
 
     def _rewind_first_layer(self, method: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -306,14 +282,11 @@ class IMPLineage:
                 f"lineages/{self.id}/kurtosis/{method}-round-{n:04d}.pt",
                 {"overall": kurtosis.overall, "per_class": kurtosis.per_class},
             )
-            overall = kurtosis.overall[kurtosis.overall.isfinite()]
             row = {
                 **self._identity_columns(method),
                 "round": n,
                 "sparsity_first_layer": 1.0 - float(mask.float().mean()),
-                "kurtosis_mean": _finite_or_none(kurtosis.mean),
-                "kurtosis_all_mean": _finite_or_none(overall.mean()) if len(overall) else None,
-                "kurtosis_median": _finite_or_none(overall.median()) if len(overall) else None,
+                **kurtosis_columns(kurtosis),
             }
             self.store.write_rows(KURTOSIS_TABLE, self.id, f"round-{n:04d}-{method}", [row])
 
@@ -332,7 +305,7 @@ class IMPLineage:
                             **self._identity_columns(method),
                             "evaluated_at_round": n,
                             "removed_at_round": group["removed_at_round"],
-                            "mean": _finite_or_none(group["mean"]),
+                            "mean": finite_or_none(group["mean"]),
                             "count": group["count"],
                             "n_alive": grouped.n_alive,
                         }
@@ -379,27 +352,11 @@ class IMPLineage:
             "layer_sparsity": per_layer,
             "train_accuracy": None if evaluation is None else evaluation.train_accuracy,
             "test_accuracy": None if evaluation is None else evaluation.test_accuracy,
-            "rf_width_median": None,
-            "rf_width_mean": None,
-            "rf_width_y_median": None,
-            "rf_width_y_mean": None,
-            "rf_width_cross_median": None,
-            "rf_width_cross_mean": None,
-            "empty_units": None,
+            **rf_width_columns(
+                masks[self.first_layer] if self.dense_first_layer else None, self.data.image_shape
+            ),
             "wall_time_s": elapsed,
         }
-        if self.dense_first_layer:
-            same = rf_width_summary(masks[self.first_layer], self.data.image_shape)
-            row.update(
-                rf_width_median=same.median_x,
-                rf_width_mean=same.mean_x,
-                rf_width_y_median=same.median_y,
-                rf_width_y_mean=same.mean_y,
-                empty_units=same.empty_units,
-            )
-            if self.data.image_shape[0] > 1:
-                cross = rf_width_summary(masks[self.first_layer], self.data.image_shape, "all")
-                row.update(rf_width_cross_median=cross.median_x, rf_width_cross_mean=cross.mean_x)
         return row
 
     def _write_masks(self, n: int) -> None:
@@ -421,8 +378,3 @@ class IMPLineage:
                 "last_round": n,
             },
         )
-
-
-def _finite_or_none(value) -> float | None:
-    value = float(value)
-    return value if value == value and abs(value) != float("inf") else None

@@ -12,19 +12,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Sequence
 
-from lotterylab.platform.data.dataset import ImageDataset
 from lotterylab.platform.imp import IMPLineage
-from lotterylab.platform.models import FCN, build_model
+from lotterylab.platform.models import model_entry
 from lotterylab.platform.round_trainings import run_trainings
 from lotterylab.platform.spec import ExperimentSpec
 
 __all__ = ["LineageGroup", "group_lineages", "lineages_per_group", "stacks"]
 
 
-def stacks(spec: ExperimentSpec, data: ImageDataset) -> bool:
-    """Whether the spec's lineages on ``data`` train as stacked computations."""
-    model = build_model(spec.model, data.image_shape, data.num_classes, 0)
-    return spec.run.batch_lineages != "off" and isinstance(model, FCN)
+def stacks(spec: ExperimentSpec) -> bool:
+    """Whether the spec's lineages train as stacked computations."""
+    return spec.run.batch_lineages != "off" and model_entry(spec.model).stacks
 
 
 def lineages_per_group(spec: ExperimentSpec, lineages: int, slots: int, stacked: bool) -> int:

@@ -18,9 +18,16 @@ import torch
 from torch import nn
 
 from lotterylab.platform.data.dataset import ImageDataset
+from lotterylab.platform.first_layer import rf_width_columns
+from lotterylab.platform.identity import pai_identity
 from lotterylab.platform.ids import short_hash
-from lotterylab.platform.metrics import layer_widths, rf_width_summary
-from lotterylab.platform.models import apply_masks, build_model, first_layer_name
+from lotterylab.platform.metrics import layer_widths
+from lotterylab.platform.models import (
+    apply_masks,
+    build_model,
+    first_layer_name,
+    has_dense_first_layer,
+)
 from lotterylab.platform.pruning import prune_at_init, scoring_batches, shuffle_masks
 from lotterylab.platform.seeds import derived_seed
 from lotterylab.platform.spec import ExperimentSpec
@@ -52,21 +59,15 @@ class PaIConfig:
     @property
     def identity(self) -> dict:
         """What changes the computation (hashed into the run id)."""
-        pai = self.spec.pai
-        return {
-            "kind": "pai",
-            "data": self.spec.dataset(self.dataset).model_dump(mode="json"),
-            "model": self.spec.model.model_dump(mode="json"),
-            "training": self.spec.training.model_dump(mode="json"),
-            "method": self.method,
-            "hparams": getattr(pai.hparams, self.method).model_dump(mode="json"),
-            "density": self.density,
-            "rounds": self.rounds,
-            "schedule": pai.schedule,
-            "scoring": [pai.scoring_batches, pai.scoring_batch_size],
-            "branch": self.branch,
-            "parent": self.parent_id,
-        }
+        return pai_identity(
+            self.spec,
+            self.dataset,
+            self.method,
+            self.density,
+            self.rounds,
+            self.branch,
+            self.parent_id,
+        )
 
     @property
     def run_id(self) -> str:
@@ -261,13 +262,10 @@ class PaIRun:
             **self._columns(),
             **widths.columns(),
             "scoring_time_s": scoring_time,
-            "rf_width_median": None,
-            "rf_width_mean": None,
         }
-        if hasattr(self.model, "first_layer_inputs"):  # a dense first layer on pixels
-            first = first_layer_name(self.model)
-            rf = rf_width_summary(self.masks[first], self.data.image_shape)
-            row.update(rf_width_median=rf.median_x, rf_width_mean=rf.mean_x)
+        first = first_layer_name(self.model) if has_dense_first_layer(self.spec.model) else None
+        rf = rf_width_columns(self.masks.get(first), self.data.image_shape)
+        row.update(rf_width_median=rf["rf_width_median"], rf_width_mean=rf["rf_width_mean"])
         return row
 
     def _write_epoch_row(self, epoch: int, loss: float | None, elapsed: float) -> dict:

@@ -18,7 +18,6 @@ from torch import nn
 
 from lotterylab.platform.batched import train_batched
 from lotterylab.platform.data.dataset import ImageDataset
-from lotterylab.platform.models.fcn import FCN
 from lotterylab.platform.spec import TrainingSpec
 from lotterylab.platform.training import train, train_with_rewind_capture
 
@@ -55,17 +54,14 @@ def run_trainings(
     device: torch.device,
     stack: bool,
 ) -> None:
-    """Train every model in place; with ``stack``, FCNs of one shape train as one computation."""
+    """Train every model in place; with ``stack`` (models that declare ``stacks``), those of
+    one shape and start step train as one computation."""
     if stack:
         groups: dict[tuple, list[Training]] = {}
-        single = []
         for training in trainings:
-            if isinstance(training.model, FCN):
-                groups.setdefault(_stack_key(training), []).append(training)
-            else:
-                single.append(training)
+            groups.setdefault(_stack_key(training), []).append(training)
         batches = [g for g in groups.values() if len(g) > 1]
-        single += [g[0] for g in groups.values() if len(g) == 1]
+        single = [g[0] for g in groups.values() if len(g) == 1]
     else:
         batches, single = [], list(trainings)
     for batch in batches:

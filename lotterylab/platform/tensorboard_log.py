@@ -36,7 +36,7 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 
 from lotterylab.platform import masks as mk
 from lotterylab.platform.metrics import layer_widths
-from lotterylab.platform.models import first_layer_name
+from lotterylab.platform.models import first_layer_name, has_dense_first_layer
 from lotterylab.platform.store import ExperimentStore
 from lotterylab.platform.tables import (
     KURTOSIS_TABLE,
@@ -178,7 +178,7 @@ def log_pai_epoch(run: PaIRun, row: dict, pruned_now: bool) -> list[str]:
     if pruned_now:  # prune() wrote the row of epoch 0: the pruned net before training
         first = _stored_row(run.store, PAI_EPOCHS_TABLE, run.id, "epoch-0000")
         images = {}
-        if hasattr(run.model, "first_layer_inputs"):  # a dense first layer on pixels: the FCN
+        if has_dense_first_layer(run.spec.model):
             mask = run.masks[first_layer_name(run.model)]
             images[MASK_TAG] = mask_grid(mask, run.data.image_shape)
         written.append(write_step(run.store, folder, 0, _epoch_scalars(first, density), images))

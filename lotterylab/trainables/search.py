@@ -32,8 +32,7 @@ from lotterylab.platform.ids import canonical_json
 from lotterylab.platform.imp import LineageConfig
 from lotterylab.platform.lineage_group import group_lineages, lineages_per_group, stacks
 from lotterylab.platform.pai import pai_grid
-from lotterylab.platform.search_space import Distribution
-from lotterylab.platform.spec import ExperimentSpec
+from lotterylab.platform.spec import Distribution, ExperimentSpec
 from lotterylab.platform.store import normalise_uri
 from lotterylab.trainables.imp_lineage import IMPLineageTrainable, trial_members
 from lotterylab.trainables.pai_run import PaIRunTrainable, pai_config
@@ -89,7 +88,7 @@ def lineage_groups(
 ) -> list[list[dict]]:
     """The spec's lineages, grouped per trial as ``run.batch_lineages`` asks for ``slots``."""
     members = lineage_members(spec)
-    stacked = stacks(spec, datasets[spec.datasets[0].name])
+    stacked = stacks(spec)
     size = lineages_per_group(spec, len(members), slots, stacked)
     if spec.run.batch_lineages == "auto":
         size = min(size, AUTO_GROUP_LIMIT["gpu" if spec.resources.gpu > 0 else "cpu"])

@@ -61,13 +61,13 @@ class _CIFARData(Strict):
 class CIFAR10Data(_CIFARData):
     """CIFAR-10, python version (cifar-10-python.tar.gz unpacked)."""
 
-    type: Literal["cifar10"]
+    type: Literal["cifar10"] = Field(description="data source name in the registry")
 
 
 class CIFAR100Data(_CIFARData):
     """CIFAR-100 with its 100 fine labels, python version (cifar-100-python.tar.gz unpacked)."""
 
-    type: Literal["cifar100"]
+    type: Literal["cifar100"] = Field(description="data source name in the registry")
 
 
 def _reader(label_key: str):

@@ -23,7 +23,7 @@ FIT_CHUNK = 4096
 class GaussianCloneData(Strict):
     """Same per-class, per-channel mean and covariance as another data set of the spec."""
 
-    type: Literal["gaussian_clone"]
+    type: Literal["gaussian_clone"] = Field(description="data source name in the registry")
     name: Annotated[str, Field(pattern=NAME_PATTERN)] = Field(description="data set name")
     of: str = Field(description="name of the data set of this spec to clone")
     seed: int = Field(1, description="sampling seed")

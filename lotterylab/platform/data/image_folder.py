@@ -58,7 +58,7 @@ class ImageTreeData(Strict):
 class ImageFolderData(ImageTreeData):
     """``train/<class>/*`` and ``val/<class>/*`` (or ``test/<class>/*``), PNG/JPEG/… images."""
 
-    type: Literal["image_folder"]
+    type: Literal["image_folder"] = Field(description="data source name in the registry")
 
 
 def load_rgb(path: Path, size: int) -> np.ndarray:

@@ -42,7 +42,7 @@ LAYOUT = (
 class ImageNet32Data(Strict):
     """ImageNet32 (or its 16/64 variants, or a clone written in its format) from local files."""
 
-    type: Literal["imagenet32"]
+    type: Literal["imagenet32"] = Field(description="data source name in the registry")
     name: Annotated[str, Field(pattern=NAME_PATTERN)] = Field(description="data set name")
     root: str = Field(description="folder holding the batches")
     format: Literal["auto", "pickle", "npz"] = Field(

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Annotated, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from lotterylab.platform.data.dataset import ImageDataset
 from lotterylab.platform.schema import NAME_PATTERN, Strict
@@ -64,7 +64,7 @@ def sample_nlgp_clone(
 class NLGPData(Strict):
     """Ingrosso & Goldt's non-linear Gaussian process images, one correlation length per class."""
 
-    type: Literal["nlgp"]
+    type: Literal["nlgp"] = Field(description="data source name in the registry")
     name: Annotated[str, Field(pattern=NAME_PATTERN)] = Field(description="data set name")
     grid: Annotated[int, Field(ge=2, le=256)] = Field(16, description="image side Np (pixels)")
     channels: Annotated[int, Field(ge=1, le=16)] = Field(1, description="image channels")
@@ -75,6 +75,18 @@ class NLGPData(Strict):
     n_train: Annotated[int, Field(ge=2)] = Field(8000, description="training images")
     n_test: Annotated[int, Field(ge=2)] = Field(2000, description="test images")
     seed: int = Field(0, description="sampling seed")
+
+    @model_validator(mode="after")
+    def _one_of_each_class(self) -> NLGPData:
+        classes = len(self.xi)
+        for split in ("n_train", "n_test"):
+            n = getattr(self, split)
+            if n < classes:
+                raise ValueError(
+                    f"{split}: {n} images cannot hold one of each of the {classes} classes "
+                    f"(one per entry of xi); make it at least {classes}"
+                )
+        return self
 
     def generator_args(self) -> dict:
         return dict(

@@ -27,7 +27,7 @@ LAYOUT = (
 class TinyImageNetData(ImageTreeData):
     """Tiny-ImageNet-200 from its published folder; 64×64 natively."""
 
-    type: Literal["tiny_imagenet"]
+    type: Literal["tiny_imagenet"] = Field(description="data source name in the registry")
     size: Annotated[int, Field(ge=2, le=1024)] = Field(
         64, description="side after resizing (antialiased bilinear; 64 keeps the originals)"
     )

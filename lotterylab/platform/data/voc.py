@@ -40,7 +40,7 @@ LAYOUT = (
 class VOCData(Strict):
     """Pascal VOC 2012 segmentation: per-pixel labels of 21 classes, 255 = ignore."""
 
-    type: Literal["voc"]
+    type: Literal["voc"] = Field(description="data source name in the registry")
     name: Annotated[str, Field(pattern=NAME_PATTERN)] = Field(description="data set name")
     root: str = Field(description="the VOC2012 folder of VOCdevkit")
     size: Annotated[int, Field(ge=2, le=1024)] = Field(

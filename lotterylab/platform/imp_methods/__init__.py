@@ -1,27 +1,31 @@
 """IMP's sibling methods: masks chosen at IMP's per-layer counts by another criterion.
 
-Each sibling is one module holding a small strategy (``keep`` picks the next mask, ``trains``
-says whether it is trained each round); ``SIBLINGS`` is the registry the lineage and the spec
-draw from. Adding a sibling is one module and one line here.
+Each sibling is one module holding a scorer (``Sibling``); ``SIBLINGS`` is the registry the
+lineage and the spec draw from. Adding a sibling is one module and one line here, or one
+``lotterylab.imp_siblings`` entry point in the user's own package.
 """
 
 from __future__ import annotations
 
-from lotterylab.platform.imp_methods.base import RoundContext, SiblingMethod
-from lotterylab.platform.imp_methods.cavity import CavityGuided
-from lotterylab.platform.imp_methods.oneshot import Oneshot
-from lotterylab.platform.imp_methods.random_mask import RandomMask
+from lotterylab.platform.imp_methods.base import RoundContext, Sibling
+from lotterylab.platform.imp_methods.cavity import CAVITY
+from lotterylab.platform.imp_methods.oneshot import ONESHOT
+from lotterylab.platform.imp_methods.random_mask import RANDOM
+from lotterylab.platform.registry import Registry
 
-SIBLINGS: dict[str, type[SiblingMethod]] = {
-    "oneshot": Oneshot,
-    "random": RandomMask,
-    "cavity": CavityGuided,
-}
+SIBLINGS: Registry[Sibling] = Registry(
+    "IMP sibling method",
+    "lotterylab.imp_siblings",
+    Sibling,
+    {"oneshot": ONESHOT, "random": RANDOM, "cavity": CAVITY},
+)
 
-__all__ = ["SIBLINGS", "RoundContext", "SiblingMethod", "sibling"]
+__all__ = ["SIBLINGS", "RoundContext", "Sibling", "sibling", "sibling_names"]
 
 
-def sibling(name: str) -> SiblingMethod:
-    if name not in SIBLINGS:
-        raise ValueError(f"unknown IMP sibling method {name!r}; allowed: {sorted(SIBLINGS)}")
-    return SIBLINGS[name]()
+def sibling_names() -> list[str]:
+    return SIBLINGS.names()
+
+
+def sibling(name: str) -> Sibling:
+    return SIBLINGS.entry(name)

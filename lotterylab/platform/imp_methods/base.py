@@ -1,14 +1,11 @@
-"""What a sibling method sees when it picks its mask for the next round."""
+"""What an IMP sibling is: a scorer applied at IMP's per-layer counts, and what it needs."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
-
-from lotterylab.platform import masks as mk
 
 
 @dataclass(frozen=True)
@@ -18,7 +15,8 @@ class RoundContext:
     ``alive`` is the mask this method trained under in that round; ``keep_counts`` are IMP's
     per-tensor alive counts after its pruning at the end of that round, which every sibling
     matches; ``trained`` are this method's trained prunable weights (None if not trained).
-    ``first_layer_inputs`` gives what the first layer sees at θ(t_rewind) (FCN lineages only).
+    ``first_layer_inputs`` gives what the first layer sees at θ(t_rewind) (models with a dense
+    first layer on pixels only).
     """
 
     round: int
@@ -32,17 +30,19 @@ class RoundContext:
     first_layer_inputs: Callable[[], torch.Tensor]
 
 
-class SiblingMethod(Protocol):
+@dataclass(frozen=True)
+class Sibling:
+    """A mask chosen each round at IMP's per-tensor counts by the highest ``scores(ctx)``.
+
+    ``always_trains``: trained every round (else only with ``imp.train_baselines``);
+    ``needs_dense_first_layer``: the scores read the first layer's inputs, so the model must
+    declare a dense first layer on pixels.
+    """
+
+    scores: Callable[[RoundContext], dict[str, torch.Tensor]]
+    description: str
+    always_trains: bool = False
+    needs_dense_first_layer: bool = False
+
     def trains(self, train_baselines: bool) -> bool:
-        """Whether the method's network is trained each round."""
-
-    def keep(self, ctx: RoundContext) -> dict[str, torch.Tensor]:
-        """The mask for the next round: ``keep_counts`` weights kept among ``alive``."""
-
-
-def keep_by_scores(scores: dict[str, torch.Tensor], ctx: RoundContext) -> dict[str, torch.Tensor]:
-    """Per tensor, the ``keep_counts`` highest-scoring alive weights."""
-    return {
-        name: mk.keep_top(scores[name], ctx.alive[name], ctx.keep_counts[name])
-        for name in ctx.alive
-    }
+        return self.always_trains or train_baselines

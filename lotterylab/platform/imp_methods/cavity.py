@@ -9,21 +9,25 @@ from __future__ import annotations
 
 import torch
 
-from lotterylab.platform.imp_methods.base import RoundContext, keep_by_scores
+from lotterylab.platform.imp_methods.base import RoundContext, Sibling
 from lotterylab.platform.metrics import cavity_scores
 
 
-class CavityGuided:
-    def trains(self, train_baselines: bool) -> bool:
-        return True  # its other layers are pruned by its own trained magnitudes
+def cavity_guided_scores(ctx: RoundContext) -> dict[str, torch.Tensor]:
+    if ctx.trained is None or ctx.first_layer is None:
+        raise ValueError("cavity-guided pruning needs a trained network with a dense first layer")
+    scores = {name: w.abs() for name, w in ctx.trained.items()}
+    first = ctx.first_layer
+    weight = ctx.rewind_weights[first] * ctx.alive[first]
+    cavity = cavity_scores(weight, ctx.first_layer_inputs()).to("cpu")
+    # keep the lowest cavity scores; removed and exactly-zero weights (NaN) go first
+    scores[first] = torch.nan_to_num(-cavity, nan=-1e300)
+    return scores
 
-    def keep(self, ctx: RoundContext) -> dict[str, torch.Tensor]:
-        if ctx.trained is None or ctx.first_layer is None:
-            raise ValueError("cavity-guided pruning needs a trained FCN with a dense first layer")
-        scores = {name: w.abs() for name, w in ctx.trained.items()}
-        first = ctx.first_layer
-        weight = ctx.rewind_weights[first] * ctx.alive[first]
-        cavity = cavity_scores(weight, ctx.first_layer_inputs()).to("cpu")
-        # keep the lowest cavity scores; removed and exactly-zero weights (NaN) go first
-        scores[first] = torch.nan_to_num(-cavity, nan=-1e300)
-        return keep_by_scores(scores, ctx)
+
+CAVITY = Sibling(
+    cavity_guided_scores,
+    "first layer by the highest cavity score, other layers by trained magnitude",
+    always_trains=True,  # its other layers are pruned by its own trained magnitudes
+    needs_dense_first_layer=True,
+)

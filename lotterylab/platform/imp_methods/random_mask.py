@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from lotterylab.platform.imp_methods.base import RoundContext, keep_by_scores
+from lotterylab.platform.imp_methods.base import RoundContext, Sibling
 from lotterylab.platform.seeds import derived_seed
 
 
-class RandomMask:
-    def trains(self, train_baselines: bool) -> bool:
-        return train_baselines
+def random_scores(ctx: RoundContext) -> dict[str, torch.Tensor]:
+    # the same noise every round (seeded by the lineage seed only) nests the masks, and
+    # pairs lineages of different data sets with the same seed
+    generator = torch.Generator().manual_seed(derived_seed(ctx.seed, "random-mask"))
+    return {n: torch.rand(w.shape, generator=generator) for n, w in ctx.dense_final.items()}
 
-    def keep(self, ctx: RoundContext) -> dict[str, torch.Tensor]:
-        # the same noise every round (seeded by the lineage seed only) nests the masks, and
-        # pairs lineages of different data sets with the same seed
-        generator = torch.Generator().manual_seed(derived_seed(ctx.seed, "random-mask"))
-        scores = {n: torch.rand(w.shape, generator=generator) for n, w in ctx.dense_final.items()}
-        return keep_by_scores(scores, ctx)
+
+RANDOM = Sibling(random_scores, "uniformly random weights")

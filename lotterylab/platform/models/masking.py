@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-PRUNABLE_LAYERS = (nn.Conv2d, nn.Linear)
+PRUNABLE_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -45,7 +45,8 @@ def output_layer_name(model: nn.Module) -> str:
 def prunable_names(
     model: nn.Module, prune_biases: bool = False, prune_output: bool = True
 ) -> list[str]:
-    """Every Conv2d / Linear weight (and bias when ``prune_biases``), in module order.
+    """Every convolution / Linear weight (and bias when ``prune_biases``), in module order: the
+    one definition of what IMP and PaI may prune (stem, 1x1 shortcuts and classifier included).
 
     ``prune_output=False`` leaves the classifier dense, as paper 1 does for the FCN.
     """

@@ -41,9 +41,11 @@ def _describe(t: object) -> str:
     return type(t).__name__
 
 
-def _check_method(name: str) -> None:
+def _check_method(name: str, data: Sequence[Batch] | None) -> None:
     if name not in method_names():
         raise ValueError(f"method {name!r} is not a pruning method; allowed: {method_names()}")
+    if data is None and get_method(name).needs_data:
+        raise ValueError(f"method {name!r} scores on training data: pass data=[(x, y), ...]")
 
 
 def dense_masks(net: ScoringNet) -> dict[str, torch.Tensor]:
@@ -64,7 +66,7 @@ def score(
     hparams: Strict | dict | None = None,
 ) -> dict[str, torch.Tensor]:
     """One round's scores (float64, on the model's device) of ``model`` under ``masks``."""
-    _check_method(method)
+    _check_method(method, data)
     resolved = resolve_hparams(method, hparams)
     data = check_data(data)
     net = ScoringNet(model)
@@ -100,7 +102,7 @@ def prune_at_init(
     round t-1; ``invert`` keeps the lowest instead (the sanity branch). ``model`` is not
     touched: everything runs on one copy.
     """
-    _check_method(method)
+    _check_method(method, data)
     if isinstance(density, bool) or not isinstance(density, int | float):
         raise ValueError(f"density must be a number in (0, 1]; got {density!r}")
     if not (math.isfinite(density) and 0 < density <= 1):

@@ -1,4 +1,4 @@
-"""What a pruning-at-initialisation method is: a scorer and the class of its hyper-parameters."""
+"""What a pruning-at-initialisation method is: a scorer, its hyper-parameters and its facts."""
 
 from __future__ import annotations
 
@@ -25,5 +25,10 @@ class Scorer(Protocol):
 
 
 class Method(NamedTuple):
+    """``single_shot``: scored once whatever the rounds (paper 2's single-shot methods);
+    ``needs_data``: the scorer reads batches of training data."""
+
     scorer: Scorer
     hparams: type[Strict]
+    single_shot: bool = False
+    needs_data: bool = False

@@ -21,19 +21,11 @@ from torch import nn
 from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 
-PRUNABLE_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+from lotterylab.platform.models.masking import PRUNABLE_LAYERS
+
 RELUS = frozenset({F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_})
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-def prunable_names(model: nn.Module) -> list[str]:
-    """Weights of every Conv and Linear layer (stem, 1x1 shortcuts and classifier included)."""
-    return [
-        f"{prefix}.weight" if prefix else "weight"
-        for prefix, module in model.named_modules()
-        if isinstance(module, PRUNABLE_LAYERS) and module.weight is not None
-    ]
 
 
 def join_name(prefix: str, name: str) -> str:

@@ -1,4 +1,5 @@
-"""The pruning-at-initialisation methods by name. A new method: one module and one line here."""
+"""The pruning-at-initialisation methods by name. A new method: one module and one line here, or
+one ``lotterylab.pruning_methods`` entry point in the user's own package."""
 
 from __future__ import annotations
 
@@ -12,23 +13,43 @@ from lotterylab.platform.pruning.random_scores import RandomHParams, random_scor
 from lotterylab.platform.pruning.snip import SNIPHParams, snip_scores
 from lotterylab.platform.pruning.synflow import SynFlowHParams, synflow_scores
 from lotterylab.platform.pruning.synflow_l2 import SynFlowL2HParams, synflow_l2_scores
+from lotterylab.platform.registry import Registry
 from lotterylab.platform.schema import Strict
 
-METHODS: dict[str, Method] = {
-    "random": Method(random_scores, RandomHParams),
-    "magnitude": Method(magnitude_scores, MagnitudeHParams),
-    "snip": Method(snip_scores, SNIPHParams),
-    "grasp": Method(grasp_scores, GraSPHParams),
-    "synflow": Method(synflow_scores, SynFlowHParams),
-    "synflow_l2": Method(synflow_l2_scores, SynFlowL2HParams),
-    "ntksap": Method(ntksap_scores, NTKSAPHParams),
-    "px": Method(px_scores, PXHParams),
-    "px_literal": Method(px_literal_scores, PXLiteralHParams),
-}
+
+def _check(name: str, entry: Method) -> None:
+    if not (isinstance(entry.hparams, type) and issubclass(entry.hparams, Strict)):
+        raise ValueError(f"pruning method {name!r}: hparams must be a Strict spec class")
+    if not callable(entry.scorer):
+        raise ValueError(f"pruning method {name!r}: scorer must be callable")
+
+
+METHODS: Registry[Method] = Registry(
+    "pruning method",
+    "lotterylab.pruning_methods",
+    Method,
+    {
+        "random": Method(random_scores, RandomHParams, single_shot=True),
+        "magnitude": Method(magnitude_scores, MagnitudeHParams, single_shot=True),
+        "snip": Method(snip_scores, SNIPHParams, single_shot=True, needs_data=True),
+        "grasp": Method(grasp_scores, GraSPHParams, single_shot=True, needs_data=True),
+        "synflow": Method(synflow_scores, SynFlowHParams),
+        "synflow_l2": Method(synflow_l2_scores, SynFlowL2HParams),
+        "ntksap": Method(ntksap_scores, NTKSAPHParams),
+        "px": Method(px_scores, PXHParams, needs_data=True),
+        "px_literal": Method(px_literal_scores, PXLiteralHParams, needs_data=True),
+    },
+    _check,
+)
 
 
 def method_names() -> list[str]:
-    return list(METHODS)
+    return METHODS.names()
+
+
+def single_shot_names() -> list[str]:
+    """The methods scored once whatever the rounds, as their entries declare."""
+    return [name for name, entry in METHODS.items() if entry.single_shot]
 
 
 def method(name: str) -> Method:

@@ -1,4 +1,5 @@
-"""Global top-k selection, density schedules and the shuffle sanity branch."""
+"""The one pruning core of IMP and PaI (top-k per tensor or global), density schedules and the
+shuffle sanity branch."""
 
 from __future__ import annotations
 
@@ -29,19 +30,47 @@ def kept_count(masks: Mapping[str, torch.Tensor], density: float) -> int:
 def keep_top(
     scores: Mapping[str, torch.Tensor],
     alive: Mapping[str, torch.Tensor],
-    keep: int,
+    counts: int | Mapping[str, int],
     invert: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Keep the ``keep`` highest (``invert``: lowest) scores among alive weights, globally.
+    """Keep the highest (``invert``: lowest) scores among alive weights: IMP's and PaI's core.
 
+    ``counts`` is one number kept over all tensors (a global threshold) or one per tensor.
     Pruned weights stay pruned, so masks of successive rounds are nested. Ties at the threshold
-    go to the lower index in the concatenation of the tensors (in ``alive``'s order). One
-    kthvalue instead of a full sort: linear in the number of weights.
+    go to the lower index (in ``alive``'s order of tensors). One kthvalue instead of a sort:
+    linear in the number of weights.
     """
     names = list(alive)
+    if isinstance(counts, Mapping):
+        return {
+            n: split(_keep_flat(*concatenate(scores, alive, [n]), counts[n], invert), alive, [n])[n]
+            for n in names
+        }
+    return split(_keep_flat(*concatenate(scores, alive, names), counts, invert), alive, names)
+
+
+def concatenate(
+    scores: Mapping[str, torch.Tensor], alive: Mapping[str, torch.Tensor], names: list[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scores (float64) and alive flags of ``names`` as two flat vectors, in that order."""
     flat_alive = torch.cat([alive[n].reshape(-1) for n in names])
     flat = torch.cat([scores[n].detach().reshape(-1).to(torch.float64) for n in names])
-    flat = flat.to(flat_alive.device)
+    return flat.to(flat_alive.device), flat_alive
+
+
+def split(
+    flat: torch.Tensor, like: Mapping[str, torch.Tensor], names: list[str]
+) -> dict[str, torch.Tensor]:
+    """A flat vector cut back into tensors shaped like ``like[name]`` for each of ``names``."""
+    out, start = {}, 0
+    for n in names:
+        size = like[n].numel()
+        out[n] = flat[start : start + size].reshape(like[n].shape)
+        start += size
+    return out
+
+
+def _keep_flat(flat: torch.Tensor, flat_alive: torch.Tensor, keep: int, invert: bool):
     n_alive = int(flat_alive.sum())
     if not 0 <= keep <= n_alive:
         raise ValueError(f"cannot keep {keep} weights: {n_alive} are alive")
@@ -54,12 +83,7 @@ def keep_top(
         kept = key > threshold
         ties = torch.nonzero(key == threshold).squeeze(1)
         kept[ties[: keep - int(kept.sum())]] = True
-    out, start = {}, 0
-    for n in names:
-        size = alive[n].numel()
-        out[n] = kept[start : start + size].reshape(alive[n].shape)
-        start += size
-    return out
+    return kept
 
 
 def shuffle_masks(masks: Mapping[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:

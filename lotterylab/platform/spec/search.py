@@ -1,7 +1,7 @@
 """The ``search`` section of a spec: which fields each trial draws, how, and what ranks them.
 
-Only the section's own shape is checked here; ``spec.ExperimentSpec`` checks every value the
-space can produce against the fields it names, with the rest of the spec.
+Only the section's own shape is checked here; ``ExperimentSpec`` (``spec.experiment``) checks
+every value the space can produce against the fields it names, with the rest of the spec.
 """
 
 from __future__ import annotations
