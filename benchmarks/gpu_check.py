@@ -78,8 +78,9 @@ STUDY = {"datasets": 2, "seeds": 3, "trainings_per_lineage": 11, "steps": 40_000
 
 FULL = {
     "tests": None,  # every test of TEST_FILES
+    "tests_timeout_s": 300,
     "fcn": {"hidden": [1024, 1024], "classes": 1000, "ks": [8, 16, 32], "alone": 2},
-    "fcn_steps": 30,
+    "fcn_steps": 50,
     "fcn_repeats": 2,
     "fcn_train": 4000,
     "mm_n": {"cuda": 4096, "cpu": 2048},
@@ -93,6 +94,7 @@ FULL = {
 }
 QUICK = {
     "tests": QUICK_TESTS,
+    "tests_timeout_s": 300,
     "fcn": {"hidden": [128, 128], "classes": 100, "ks": [2, 4], "alone": 2},
     "fcn_steps": 6,
     "fcn_repeats": 1,
@@ -178,7 +180,19 @@ def run_tests(device: torch.device, sizes: dict, workdir: Path) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    try:
+        done = subprocess.run(
+            command,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=sizes["tests_timeout_s"],
+        )
+        returncode, output = done.returncode, done.stdout + done.stderr
+    except subprocess.TimeoutExpired as exc:  # a hung test must not eat the GPU's minutes
+        returncode = None
+        output = f"timed out after {exc.timeout} s\n{exc.stdout or ''}{exc.stderr or ''}"
     seconds = time.perf_counter() - start
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     failed = []
@@ -192,13 +206,13 @@ def run_tests(device: torch.device, sizes: dict, workdir: Path) -> dict:
     passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
     return {
         "command": " ".join(command[1:]),
-        "returncode": done.returncode,
+        "returncode": returncode,
         "seconds": seconds,
         **counts,
         "passed": passed,
         "failed_tests": failed,
-        "output_tail": (done.stdout + done.stderr)[-3000:],
-        "ok": done.returncode == 0 and passed > 0,
+        "output_tail": str(output)[-3000:],
+        "ok": returncode == 0 and passed > 0,
     }
 
 
@@ -440,7 +454,7 @@ def check_ray(device: torch.device, sizes: dict, workdir: Path) -> dict:
     actors = {}
     for result in computed:
         actors.setdefault(result.pid, set()).add(result.device)
-    actor_devices = {str(pid): sorted(devices) for pid, devices in actors.items()}
+    actor_devices = {str(pid): sorted(map(str, devices)) for pid, devices in actors.items()}
 
     def right(name: str | None) -> bool:
         return name is not None and torch.device(name).type == device.type
@@ -482,12 +496,17 @@ def check_ray(device: torch.device, sizes: dict, workdir: Path) -> dict:
 def section(report: dict, name: str, fn: Callable[[], dict]) -> None:
     """One section into the report; a failure is recorded and the next section still runs."""
     print(f"[gpu-check] {name} ...", flush=True)
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     try:
         report[name] = fn()
     except Exception as exc:  # recorded: the first GPU session needs every figure it can get
         report[name] = {"ok": False, "error": repr(exc), "traceback": traceback.format_exc()}
     report[name]["section_seconds"] = time.perf_counter() - start
+    if cuda:  # this process only: trials, actors and the test child have their own
+        report[name]["max_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     print(f"[gpu-check] {name}: {'ok' if report[name]['ok'] else 'FAILED'}", flush=True)
 
 
