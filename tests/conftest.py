@@ -42,12 +42,15 @@ def pytest_configure(config):
 def device(request) -> torch.device:
     """Where the device-aware tests compute; their references stay on the CPU.
 
-    On CUDA, TF32 is off: the tests compare float32 results with float32/float64 references.
+    On CUDA, TF32 is off and cuDNN picks deterministic kernels: the tests compare float32
+    results with float32/float64 references, and masks of two identical calls with each other.
     """
     name = requested_device(request.config)
     if name == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
     return torch.device(name)
 
 
