@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench gpu-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ bench: install
 	$(BIN)/python benchmarks/bench_ray.py
 	$(BIN)/python benchmarks/bench_analyze.py
 	$(BIN)/python benchmarks/collect.py
+
+# every CUDA path checked and the GPU figures written to benchmarks/results-gpu.json (< 10 min
+# on one GPU); on a machine without one: make gpu-check ARGS="--device cpu --quick"
+gpu-check: install
+	$(BIN)/python benchmarks/gpu_check.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) results

@@ -1,4 +1,5 @@
-"""Shared fixtures: small specs and a real S3-compatible server on 127.0.0.1."""
+"""Shared fixtures: small specs, the device under test and a real S3-compatible server on
+127.0.0.1."""
 
 from __future__ import annotations
 
@@ -7,7 +8,51 @@ import os
 import socket
 
 import pytest
+import torch
 import yaml
+
+DEVICE_ENV = "LOTTERYLAB_TEST_DEVICE"
+TEST_DEVICES = ("cpu", "cuda")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--device",
+        default=None,
+        choices=TEST_DEVICES,
+        help=f"device of the device-aware tests (default: ${DEVICE_ENV}, else cpu)",
+    )
+
+
+def requested_device(config) -> str:
+    """``--device``, else ``$LOTTERYLAB_TEST_DEVICE``, else the CPU; CUDA must be visible."""
+    name = config.getoption("--device") or os.environ.get(DEVICE_ENV) or "cpu"
+    if name not in TEST_DEVICES:
+        raise pytest.UsageError(f"{DEVICE_ENV}={name!r} is not one of {list(TEST_DEVICES)}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError("tests asked to run on cuda, but torch sees no CUDA device")
+    return name
+
+
+def pytest_configure(config):
+    requested_device(config)  # a bad choice stops the run before any test
+
+
+@pytest.fixture(scope="session")
+def device(request) -> torch.device:
+    """Where the device-aware tests compute; their references stay on the CPU.
+
+    On CUDA, TF32 is off and cuDNN picks deterministic kernels: the tests compare float32
+    results with float32/float64 references, and masks of two identical calls with each other.
+    """
+    name = requested_device(request.config)
+    if name == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    return torch.device(name)
+
 
 TINY_SPEC = {
     "name": "tiny",

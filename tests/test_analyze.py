@@ -272,6 +272,7 @@ def test_analysis_runs_while_training_and_completes_later(imp_experiment, imp_an
     # the later run computes the last round's units and the damaged ones, nothing else
     last = f"round-{IMP_ROUNDS:04d}"
     computed = {r.key for r in after.results if r.status == COMPUTED}
+    assert {r.device for r in after.results if r.status == COMPUTED} == {"cpu"}
     assert {k for k in computed if last in k} == {
         f"analysis/{what}/{lineage.id}/{method}-{last}.{'json' if what == WIDTH else 'pt'}"
         for what in (CAVITY, WIDTH, KURTOSIS)

@@ -93,7 +93,8 @@ def test_rows_streamed_per_round_with_values(tiny_spec_dict, tmp_path):
         assert row["sparsity_first_layer"] == pytest.approx(round(0.4 * 64 * 32) / (64 * 32))
         assert row["test_accuracy"] is not None and row["rf_width_median"] > 0
         assert row["empty_units"] >= 0
-    assert store.read_json(f"lineages/{lineage.id}/lineage.json")["last_round"] == 1
+    info = store.read_json(f"lineages/{lineage.id}/lineage.json")
+    assert info["last_round"] == 1 and info["device"] == "cpu"
 
 
 def test_masks_are_enforced_during_training(tiny_spec_dict, tmp_path):

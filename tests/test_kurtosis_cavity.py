@@ -1,4 +1,7 @@
-"""Pre-activation kurtosis, cavity scores and their grouping by removal round (paper 1)."""
+"""Pre-activation kurtosis, cavity scores and their grouping by removal round (paper 1).
+
+The measured tensors go to the test device (``--device``); the references stay on the CPU.
+"""
 
 import math
 
@@ -57,15 +60,18 @@ def _assert_close_relative(got, expected, rtol):
 # -- kurtosis -------------------------------------------------------------------------------
 
 
-def test_kurtosis_matches_eq4_overall_and_per_class():
+def test_kurtosis_matches_eq4_overall_and_per_class(device):
     g = torch.Generator().manual_seed(0)
     x = _mixed_inputs(900, 10, g)
     w = torch.randn(5, 10, generator=g, dtype=torch.float64)
     labels = torch.arange(900) % 3
-    result = preactivation_kurtosis(
-        w, x, bias=torch.randn(5, dtype=torch.float64), labels=labels, num_classes=3
+    bias = torch.randn(5, dtype=torch.float64)
+    on = preactivation_kurtosis(
+        w.to(device), x.to(device), bias=bias.to(device), labels=labels.to(device), num_classes=3
     )
-    assert isinstance(result, PreactivationKurtosis)
+    assert on.overall.device.type == device.type
+    result = PreactivationKurtosis(on.overall.cpu(), on.per_class.cpu())
+    assert isinstance(on, PreactivationKurtosis)
     assert result.overall.dtype == torch.float64 and result.overall.shape == (5,)
     assert torch.allclose(result.overall, _reference_kurtosis(w, x), rtol=1e-12)
     assert result.per_class.shape == (3, 5)
@@ -151,14 +157,16 @@ def test_kurtosis_rejects_bad_arguments(kwargs, names):
 # -- cavity scores --------------------------------------------------------------------------
 
 
-def test_cavity_scores_match_the_reference_on_mixed_inputs():
+def test_cavity_scores_match_the_reference_on_mixed_inputs(device):
     g = torch.Generator().manual_seed(4)
     x = _mixed_inputs(1500, 10, g)
     w = torch.randn(6, 10, generator=g, dtype=torch.float64)
     w[0, 5:] = 0.0  # uniform inputs only: kurtosis < 3
     w[1, :5] = 0.0  # heavy-tailed inputs only: kurtosis > 3
     w[2, 3] = 0.0
-    got = cavity_scores(w, x)
+    got = cavity_scores(w.to(device), x.to(device))
+    assert got.device.type == device.type
+    got = got.cpu()
     expected, kurt = _reference_cavity(w, x)
     assert bool((kurt < 3).any()) and bool((kurt > 3).any())
     assert got.dtype == torch.float64 and got.shape == w.shape
@@ -168,7 +176,7 @@ def test_cavity_scores_match_the_reference_on_mixed_inputs():
     assert bool((got > 0).any()) and bool((got < 0).any())
 
 
-def test_cavity_scores_match_the_reference_on_nlgp_images():
+def test_cavity_scores_match_the_reference_on_nlgp_images(device):
     data = make_nlgp(grid=4, channels=1, xi=[2.0, 4.0], gain=5.0, n_train=2000, n_test=2, seed=0)
     x = data.train_x.reshape(len(data.train_x), -1)
     g = torch.Generator().manual_seed(5)
@@ -176,7 +184,7 @@ def test_cavity_scores_match_the_reference_on_nlgp_images():
     w[0, 5] = 1.0  # one pixel of near-binary images: broad, kurtosis < 3
     w[1, 5], w[1, 6] = 1.0, -1.0  # an edge detector on sharp edges: peaked, kurtosis > 3
     w[3, ::2] = 0.0  # half pruned
-    got = cavity_scores(w, x)
+    got = cavity_scores(w.to(device), x.to(device)).cpu()
     expected, kurt = _reference_cavity(w, x)
     assert float(kurt[0]) < 3 < float(kurt[1])
     _assert_close_relative(got, expected, 1e-5)
@@ -217,19 +225,19 @@ def test_cavity_scores_reject_bad_arguments():
         cavity_scores(torch.ones(3, 4, dtype=torch.int64), torch.randn(10, 4))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_kurtosis_and_cavity_on_cuda_equal_cpu():
+def test_kurtosis_and_cavity_on_the_test_device_equal_cpu(device):
+    """Float32 inputs: the moments accumulate in float64 on every device."""
     g = torch.Generator().manual_seed(8)
     x = _mixed_inputs(3000, 20, g).float()
     w = torch.randn(8, 20, generator=g)
     w[0, :4] = 0.0
     labels = torch.randint(0, 3, (3000,), generator=g)
     cpu_scores = cavity_scores(w, x, chunk_size=512)
-    gpu_scores = cavity_scores(w.cuda(), x.cuda(), chunk_size=512)
-    assert gpu_scores.device.type == "cuda"
+    gpu_scores = cavity_scores(w.to(device), x.to(device), chunk_size=512)
+    assert gpu_scores.device.type == device.type
     _assert_close_relative(gpu_scores.cpu(), cpu_scores, 1e-8)
     cpu_k = preactivation_kurtosis(w, x, labels=labels)
-    gpu_k = preactivation_kurtosis(w.cuda(), x.cuda(), labels=labels.cuda())
+    gpu_k = preactivation_kurtosis(w.to(device), x.to(device), labels=labels.to(device))
     assert torch.allclose(gpu_k.overall.cpu(), cpu_k.overall, rtol=1e-10)
     assert torch.allclose(gpu_k.per_class.cpu(), cpu_k.per_class, rtol=1e-10)
 

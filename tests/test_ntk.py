@@ -1,4 +1,8 @@
-"""ntk_matrix / ntk_spectrum against a plain per-sample, per-output autograd reference."""
+"""ntk_matrix / ntk_spectrum against a plain per-sample, per-output autograd reference.
+
+The device-aware tests compute the kernel on the test device (``--device``) and the reference
+on the CPU.
+"""
 
 from __future__ import annotations
 
@@ -108,11 +112,14 @@ def assert_close(theta: torch.Tensor, reference: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("masked", [False, True])
-def test_matrix_matches_autograd_reference(case: str, masked: bool) -> None:
+def test_matrix_matches_autograd_reference(case: str, masked: bool, device) -> None:
     model, inputs, masks = CASES[case]()
     masks = masks if masked else {}
-    theta = ntk_matrix(model, masks if masked else None, inputs, chunk_size=2)
     reference = reference_ntk(model, masks, inputs)
+    on = {name: mask.to(device) for name, mask in masks.items()}
+    theta = ntk_matrix(model.to(device), on if masked else None, inputs.to(device), chunk_size=2)
+    assert theta.device.type == device.type
+    theta = theta.cpu()
     assert theta.shape == (len(inputs) * (3 if case == "mlp" else 4),) * 2
     assert_close(theta, reference)
     assert torch.equal(theta, theta.T)
@@ -128,10 +135,11 @@ def test_float64_model_matches_reference_to_rounding(case: str) -> None:
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_spectrum_is_eigvalsh_of_reference_descending(case: str) -> None:
+def test_spectrum_is_eigvalsh_of_reference_descending(case: str, device) -> None:
     model, inputs, masks = CASES[case]()
-    eigenvalues = ntk_spectrum(model, masks, inputs, chunk_size=3)
     expected = torch.linalg.eigvalsh(reference_ntk(model, masks, inputs)).flip(0)
+    on = {name: mask.to(device) for name, mask in masks.items()}
+    eigenvalues = ntk_spectrum(model.to(device), on, inputs.to(device), chunk_size=3).cpu()
     assert eigenvalues.dtype == torch.float64
     assert torch.all(eigenvalues[:-1] >= eigenvalues[1:])
     assert float((eigenvalues - expected).abs().max() / expected.abs().max()) <= 1e-5

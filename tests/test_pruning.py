@@ -1,4 +1,8 @@
-"""Pruning at initialisation: scores against closed forms, selection, schedules, sanity branches."""
+"""Pruning at initialisation: scores against closed forms, selection, schedules, sanity branches.
+
+The networks of the device-aware tests live on the test device (``--device``); the closed
+forms are computed on the CPU.
+"""
 
 from __future__ import annotations
 
@@ -69,9 +73,13 @@ def batches(n=2, size=20, shape=(3, 8, 8), classes=5, seed=0, shift=0.0):
     ]
 
 
-def two_layer(seed=0):
+def two_layer(seed=0, device="cpu"):
     torch.manual_seed(seed)
-    return TwoLayer()
+    return TwoLayer().to(device)
+
+
+def on_cpu(tensors: dict) -> dict:
+    return {name: t.cpu() for name, t in tensors.items()}
 
 
 def test_paper_hyper_parameters_are_the_defaults():
@@ -97,11 +105,13 @@ def path_values(w1, w2):
     return w1.T[:, :, None] * w2.T[None, :, :]
 
 
-def test_synflow_equals_the_path_sum_through_each_weight():
-    net = two_layer()
-    w1, w2 = net.fc1.weight.detach().double(), net.fc2.weight.detach().double()
+def test_synflow_equals_the_path_sum_through_each_weight(device):
+    net = two_layer(device=device)
+    w1, w2 = net.fc1.weight.detach().cpu().double(), net.fc2.weight.detach().cpu().double()
     v = path_values(w1.abs(), w2.abs())  # input all ones: each path counts its |product|
     s = score(net, "synflow", data=batches(shape=(3,)))
+    assert s["fc1.weight"].device.type == device.type
+    s = on_cpu(s)
     # SynFlow score of a weight = sum of the values of the paths through it
     torch.testing.assert_close(s["fc1.weight"], v.sum(2).T, rtol=1e-12, atol=0)
     torch.testing.assert_close(s["fc2.weight"], v.sum(0).T, rtol=1e-12, atol=0)
@@ -117,10 +127,10 @@ def test_synflow_l2_equals_the_squared_path_sum_through_each_weight():
 
 
 @pytest.mark.parametrize("method", ["px", "px_literal"])
-def test_px_equals_the_closed_form_path_sums(method):
-    net = two_layer(2)
+def test_px_equals_the_closed_form_path_sums(method, device):
+    net = two_layer(2, device)
     data = batches(n=2, size=7, shape=(3,), seed=3)
-    w1, w2 = net.fc1.weight.detach().double(), net.fc2.weight.detach().double()
+    w1, w2 = net.fc1.weight.detach().cpu().double(), net.fc2.weight.detach().cpu().double()
     x = torch.cat([b[0] for b in data]).double()
     a = (x @ w1.T > 0).double()  # a[n, j]: hidden unit j on for sample n
     c = w2 if method == "px" else torch.ones_like(w2)  # classifier weights in g
@@ -130,7 +140,7 @@ def test_px_equals_the_closed_form_path_sums(method):
     v = path_values(w1.square(), w2.square())  # [i, j, k]
     expected_w1 = (v * G[None, None, :]).sum(2).T.abs()
     expected_w2 = (v * G[None, None, :]).sum(0).T.abs()
-    s = score(net, method, data=data)
+    s = on_cpu(score(net, method, data=data))
     torch.testing.assert_close(s["fc1.weight"], expected_w1, rtol=1e-5, atol=0)
     torch.testing.assert_close(s["fc2.weight"], expected_w2, rtol=1e-5, atol=0)
     if method == "px_literal":
@@ -220,8 +230,8 @@ def test_schedules_hit_the_exact_density(schedule):
     assert d[-1] == 0.1
 
 
-def test_rounds_are_nested_and_rescore_the_masked_network():
-    net, data = SmallResNet(), batches()
+def test_rounds_are_nested_and_rescore_the_masked_network(device):
+    net, data = SmallResNet().to(device), batches()
     one = prune_at_init(net, "synflow", 0.05, data=data, rounds=1)
     many = prune_at_init(net, "synflow", 0.05, data=data, rounds=10)
     half = prune_at_init(net, "synflow", 0.05**0.5, data=data, rounds=5)
@@ -248,8 +258,8 @@ def test_invert_keeps_the_lowest_scores():
 
 
 @pytest.mark.parametrize("method", ["random", "ntksap", "px"])
-def test_masks_are_deterministic_for_a_seed(method):
-    net, data = SmallResNet(), batches()
+def test_masks_are_deterministic_for_a_seed(method, device):
+    net, data = SmallResNet().to(device), batches()
     a = prune_at_init(net, method, 0.2, data=data, rounds=2, seed=3)
     b = prune_at_init(net, method, 0.2, data=data, rounds=2, seed=3)
     assert all(torch.equal(a[n], b[n]) for n in a)
@@ -373,15 +383,16 @@ def test_scoring_batches_are_class_balanced_and_distinct():
         scoring_batches(x, y2, 10, batches=3, batch_size=25)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_scores_and_masks_follow_the_model_to_cuda():
-    net = SmallResNet().cuda()
+def test_scores_and_masks_follow_the_model_to_its_device(device):
+    net = SmallResNet().to(device)
     data = batches()
+    total = sum(p.numel() for n, p in net.named_parameters() if n in prunable_names(net))
     for method in method_names():
         s = score(net, method, data=data)
-        assert all(t.device.type == "cuda" for t in s.values())
+        assert all(t.device.type == device.type for t in s.values())
         masks = prune_at_init(net, method, 0.2, data=data, rounds=2)
-        assert all(m.device.type == "cuda" and m.dtype == torch.bool for m in masks.values())
+        assert all(m.device.type == device.type and m.dtype == torch.bool for m in masks.values())
+        assert sum(int(m.sum()) for m in masks.values()) == round(0.2 * total), method
 
 
 def test_layer_widths_count_active_units_and_spot_a_collapsed_layer():

@@ -212,7 +212,7 @@ class Experiment(NamedTables):
         return [i for i in self.store.list("lineages") if self.has(f"lineages/{i}/lineage.json")]
 
     def lineage(self, lineage_id: str) -> dict:
-        """``lineage.json``: data set, seed, image shape, first layer, methods, last round."""
+        """``lineage.json``: data set, seed, image shape, first layer, methods, round, device."""
         return self._json(f"lineages/{lineage_id}/lineage.json", f"lineage {lineage_id!r}")
 
     def removal_rounds(self, lineage_id: str, method: str) -> dict[str, torch.Tensor]:

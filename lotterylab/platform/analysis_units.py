@@ -153,6 +153,7 @@ class UnitResult:
     seconds: float
     pid: int
     error: str | None = None
+    device: str | None = None  # where the unit was computed (None: not computed here)
 
 
 # -- listing -----------------------------------------------------------------------------------
@@ -408,7 +409,8 @@ class UnitRunner:
             self.store.write_json(unit.output, artifact)
         else:
             self.store.write_tensors(unit.output, artifact)
-        return UnitResult(unit.key, unit.what, COMPUTED, time.perf_counter() - start, pid)
+        seconds = time.perf_counter() - start
+        return UnitResult(unit.key, unit.what, COMPUTED, seconds, pid, device=str(self.device))
 
     def compute(self, unit: AnalysisUnit) -> tuple[Any, dict]:
         """The unit's artifact and table row, nothing written."""

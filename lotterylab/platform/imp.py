@@ -376,5 +376,6 @@ class IMPLineage:
                 "first_layer": self.first_layer,
                 "methods": self.methods,
                 "last_round": n,
+                "device": str(self.device),  # where the last round trained
             },
         )
