@@ -52,10 +52,10 @@ from bench_training import random_data, random_masks
 from common import environment
 from pydantic import TypeAdapter
 
-from lotterylab.platform.models import FCNModel, ModelSpec, build_fcn, build_model, prunable_names
+from lotterylab.platform.models import FCNModel, build_fcn, build_model, prunable_names
 from lotterylab.platform.models.masking import apply_masks
 from lotterylab.platform.pruning import method_names, prune_at_init
-from lotterylab.platform.spec import TrainingSpec
+from lotterylab.platform.spec import ModelSpec, TrainingSpec
 from lotterylab.platform.training import make_optimizer, train_epoch
 
 ROOT = Path(__file__).resolve().parent.parent
