@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from lotterylab.platform.lease import LeaseError
-from lotterylab.platform.ready_specs import default_spec_path
+from lotterylab.platform.ready_specs import spec_file
 from lotterylab.platform.spec import SpecError
 from lotterylab.platform.spec_overrides import is_override, load_with_overrides
 from lotterylab.platform.store import StoreError
@@ -15,8 +14,8 @@ from lotterylab.platform.store import StoreError
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 SPEC_HELP = (
-    "a YAML spec (default: the packaged default.yaml), then dotted key=value overrides, "
-    "e.g. training.lr=0.1 seeds=[0,1] datasets.0.n_train=5000"
+    "a YAML spec or a packaged spec's name (default: default), then dotted key=value "
+    "overrides, e.g. training.lr=0.1 seeds=[0,1] datasets.0.n_train=5000"
 )
 
 
@@ -134,7 +133,7 @@ def _load(arguments: list[str], name: str | None = None):
         if not is_override(argument):
             raise SpecError(f"{argument!r} is not key=value (only the first argument is a spec)")
     overrides = arguments + ([f"name={name}"] if name else [])
-    return load_with_overrides(Path(path) if path else default_spec_path(), overrides)
+    return load_with_overrides(spec_file(path), overrides)
 
 
 def _report(outcome) -> int:

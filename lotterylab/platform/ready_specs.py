@@ -76,3 +76,15 @@ def copy_ready_spec(name: str, destination: str | Path | None = None) -> Path:
         raise SpecError(f"cannot write {target}: folder {target.parent} does not exist")
     shutil.copyfile(source, target)
     return target
+
+
+def spec_file(argument: str | None) -> Path:
+    """The spec a command names: a file that exists, else a packaged spec by name
+    (``lotterylab run paper1_cpu``), else the packaged default when none is named."""
+    if argument is None:
+        return default_spec_path()
+    path = Path(argument)
+    if path.exists() or path.parent != Path("."):
+        return path
+    stem = argument.removesuffix(".yaml")
+    return SPECS_DIR / f"{stem}.yaml" if stem in ready_spec_names() else path
