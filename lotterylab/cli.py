@@ -175,7 +175,12 @@ def _report_analysis(outcome) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command in ("run", "validate") and not any(e.startswith("-") for e in extra):
+        args.spec += extra  # overrides written after an option: run SPEC --name N k=v
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "validate":
             spec, _ = _load(args.spec)

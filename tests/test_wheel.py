@@ -145,10 +145,5 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     assert resolved["imp"]["rounds"] == 1 and resolved["model"]["hidden"] == [16]
     rounds = sorted(p.name for p in (experiment / "tables" / "rounds").rglob("*.parquet"))
     # 2 data sets x 1 seed x rounds 0 and 1 x (imp, oneshot, random)
-    assert (
-        rounds
-        == sorted(
-            f"round-{r:04d}-{m}.parquet" for m in ("imp", "oneshot", "random") for r in (0, 1)
-        )
-        * 2
-    )
+    expected = [f"round-{r:04d}-{m}.parquet" for m in ("imp", "oneshot", "random") for r in (0, 1)]
+    assert rounds == sorted(expected * 2)
