@@ -4,30 +4,39 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from lotterylab.platform.lease import LeaseError
-from lotterylab.platform.spec import SpecError, load_spec, parse_spec
+from lotterylab.platform.ready_specs import spec_file
+from lotterylab.platform.spec import SpecError
+from lotterylab.platform.spec_overrides import is_override, load_with_overrides
 from lotterylab.platform.store import StoreError
-
-DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "experiments" / "default.yaml"
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+SPEC_HELP = (
+    "a YAML spec or a packaged spec's name (default: default), then dotted key=value "
+    "overrides, e.g. training.lr=0.1 seeds=[0,1] datasets.0.n_train=5000"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lotterylab", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"lotterylab {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run an experiment spec (default: the embedded demo)")
-    run.add_argument("spec", nargs="?", default=None, help=f"YAML spec (default {DEFAULT_SPEC})")
+    run.add_argument("spec", nargs="*", metavar="[SPEC] [key=value ...]", help=SPEC_HELP)
     run.add_argument("--storage", help="root URI for results (overrides the spec's storage)")
     run.add_argument("--name", help="experiment name (overrides the spec's name)")
     run.add_argument("--address", help="Ray cluster address ('auto', host:port); default: embedded")
 
     validate = commands.add_parser("validate", help="check a spec without starting Ray")
-    validate.add_argument("spec")
+    validate.add_argument("spec", nargs="*", metavar="[SPEC] [key=value ...]", help=SPEC_HELP)
+
+    commands.add_parser("specs", help="list the ready specs shipped with the package")
+    init = commands.add_parser("init", help="copy a ready spec to edit")
+    init.add_argument("name", help="a name that `lotterylab specs` lists, e.g. default")
+    init.add_argument("destination", nargs="?", help="file or folder (default: ./NAME.yaml)")
 
     resume = commands.add_parser("resume", help="continue an interrupted experiment")
     resume.add_argument("experiment", help="experiment URI, e.g. ./results/default")
@@ -66,7 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     branch.add_argument("--kind", required=True, help="reinit, shuffle or invert")
     branch.add_argument("--method", action="append", help="only these methods (repeatable)")
     branch.add_argument(
-        "--density", action="append", type=float, help="only these densities (repeatable)"
+        "--density",
+        action="append",
+        help="only this density (repeatable), to the digits typed: 0.01801 as in run ids",
+    )
+    branch.add_argument(
+        "--sparsity", action="append", help="only this sparsity in percent (repeatable): 98.2"
     )
     branch.add_argument("--address", help="Ray cluster address; default: embedded")
 
@@ -101,11 +115,25 @@ def _grid_summary(spec) -> str:
     return grid
 
 
-def _load(path: str | None):
-    spec_path = Path(path) if path else DEFAULT_SPEC
-    if path is None and not spec_path.exists():
-        raise SpecError(f"the default spec {spec_path} is missing: pass a spec path")
-    return load_spec(spec_path)
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lotterylab")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+def _load(arguments: list[str], name: str | None = None):
+    """SPEC (default: the packaged default spec) and its key=value overrides."""
+    path = None
+    if arguments and not is_override(arguments[0]):
+        path, arguments = arguments[0], arguments[1:]
+    for argument in arguments:
+        if not is_override(argument):
+            raise SpecError(f"{argument!r} is not key=value (only the first argument is a spec)")
+    overrides = arguments + ([f"name={name}"] if name else [])
+    return load_with_overrides(spec_file(path), overrides)
 
 
 def _report(outcome) -> int:
@@ -147,16 +175,32 @@ def _report_analysis(outcome) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command in ("run", "validate") and not any(e.startswith("-") for e in extra):
+        args.spec += extra  # overrides written after an option: run SPEC --name N k=v
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "validate":
             spec, _ = _load(args.spec)
-            print(f"{args.spec}: valid ({_grid_summary(spec)})")
+            print(f"{' '.join(args.spec) or 'default'}: valid ({_grid_summary(spec)})")
+            return 0
+        if args.command == "specs":
+            from lotterylab.platform.ready_specs import ready_specs
+
+            specs = ready_specs()
+            width = max(map(len, specs))
+            for name, summary in specs.items():
+                print(f"{name:<{width}}  {summary}")
+            return 0
+        if args.command == "init":
+            from lotterylab.platform.ready_specs import copy_ready_spec
+
+            print(f"wrote {copy_ready_spec(args.name, args.destination)}")
             return 0
         if args.command == "run":
-            spec, text = _load(args.spec)
-            if args.name:
-                spec = parse_spec(spec.model_dump(mode="json") | {"name": args.name}, "--name")
+            spec, text = _load(args.spec, args.name)
             from lotterylab.cluster.launch import run_experiment
 
             return _report(run_experiment(spec, text, args.storage, args.address))
@@ -185,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             from lotterylab.cluster.launch import branch_experiment
 
             outcome = branch_experiment(
-                args.experiment, args.kind, args.method, args.density, args.address
+                args.experiment, args.kind, args.method, args.density, args.address, args.sparsity
             )
             return _report(outcome)
         if args.command == "data":

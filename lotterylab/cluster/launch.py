@@ -10,6 +10,7 @@ from lotterylab.analysis.report import write_report
 from lotterylab.cluster.connection import connect, disconnect
 from lotterylab.platform.data.registry import build_datasets
 from lotterylab.platform.data_artifacts import write_data_artifacts
+from lotterylab.platform.grid_values import match_densities
 from lotterylab.platform.ids import short_hash
 from lotterylab.platform.lease import ExperimentLease
 from lotterylab.platform.pai import BRANCHES, PaIConfig, pai_grid
@@ -112,9 +113,13 @@ def branch_runs(
     store: ExperimentStore,
     branch: str,
     methods: list[str] | None = None,
-    densities: list[float] | None = None,
+    densities: list[str | float] | None = None,
+    sparsities: list[str | float] | None = None,
 ) -> list[dict]:
-    """The branch of every finished-pruning PaI run of the experiment that matches the filters."""
+    """The branch of every finished-pruning PaI run of the experiment that matches the filters.
+
+    Densities and sparsities (percent) match grid values to the digits typed (``0.01801``).
+    """
     if branch not in BRANCHES:
         raise ExperimentError(f"--kind {branch!r} is not one of {list(BRANCHES)}")
     if spec.kind != "pai":
@@ -127,11 +132,12 @@ def branch_runs(
             f"{store.uri} is a search: branches apply to the runs of a grid in this version "
             "(a searched run's id depends on its sampled values)"
         )
+    wanted = match_densities(densities, sparsities, spec.pai.densities)
     runs = []
     for run in pai_grid(spec):
         if methods and run["method"] not in methods:
             continue
-        if densities and not any(abs(run["density"] - d) < 1e-9 for d in densities):
+        if wanted is not None and run["density"] not in wanted:
             continue
         parent = PaIConfig(experiment=spec.name, spec=spec, **run).run_id
         if not store.exists(f"runs/{parent}/masks.pt"):
@@ -140,7 +146,7 @@ def branch_runs(
     if not runs:
         raise ExperimentError(
             f"no pruned PaI run of {store.uri} matches --kind {branch} with methods "
-            f"{methods or 'any'} and densities {densities or 'any'}"
+            f"{methods or 'any'} and densities {sorted(wanted or []) or 'any'}"
         )
     return runs
 
@@ -149,8 +155,9 @@ def branch_experiment(
     uri: str,
     branch: str,
     methods: list[str] | None = None,
-    densities: list[float] | None = None,
+    densities: list[str | float] | None = None,
     address: str | None = None,
+    sparsities: list[str | float] | None = None,
 ) -> ExperimentOutcome:
     """Launch (or continue) sanity-check branches of stored runs without recomputing them.
 
@@ -161,12 +168,12 @@ def branch_experiment(
     start = time.perf_counter()
     store = ExperimentStore(uri)
     with ExperimentLease(store):
-        return _branch(store, branch, methods, densities, address, start)
+        return _branch(store, branch, methods, densities, sparsities, address, start)
 
 
-def _branch(store, branch, methods, densities, address, start) -> ExperimentOutcome:
+def _branch(store, branch, methods, densities, sparsities, address, start) -> ExperimentOutcome:
     spec = load_stored_spec(store)
-    runs = branch_runs(spec, store, branch, methods, densities)
+    runs = branch_runs(spec, store, branch, methods, densities, sparsities)
     name = f"branch-{branch}-{short_hash(runs)}"
     datasets = build_datasets(spec.datasets)
     connect(address)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from lotterylab.platform.pruning.batches import DEFAULT_SCORING_BATCHES
 from lotterylab.platform.pruning.network import Batch, ScoringNet
 from lotterylab.platform.pruning.registry import method as get_method
 from lotterylab.platform.pruning.registry import method_names, resolve_hparams
@@ -15,13 +17,28 @@ from lotterylab.platform.pruning.select import SCHEDULES, keep_top, kept_count, 
 from lotterylab.platform.schema import Strict
 
 
-def check_data(data: Sequence[Batch] | None) -> list[Batch] | None:
+def check_data(data: Iterable[Batch] | None, max_batches: int | None = None) -> list[Batch] | None:
+    """The scoring batches: a list is taken as given (its first ``max_batches`` if set); any
+    other iterable of (x, y) batches, a ``DataLoader`` included, gives its first
+    ``max_batches`` (default ``DEFAULT_SCORING_BATCHES``, as ``pai.scoring_batches``), so an
+    endless loader is read only that far."""
     if data is None:
         return None
-    if isinstance(data, torch.Tensor) or not isinstance(data, Sequence) or not data:
+    if max_batches is not None and (
+        isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
+    ):
+        raise ValueError(f"max_batches must be an integer >= 1 or None; got {max_batches!r}")
+    if isinstance(data, torch.Tensor | str | bytes | Mapping) or not isinstance(data, Iterable):
         raise ValueError(
-            f"data must be a non-empty list of (x, y) batches; got {type(data).__name__}"
+            "data must be (x, y) batches: a list, a DataLoader or any iterable of them; "
+            f"got {type(data).__name__}"
         )
+    if isinstance(data, Sequence):
+        data = list(data[:max_batches])
+    else:
+        data = list(itertools.islice(data, max_batches or DEFAULT_SCORING_BATCHES))
+    if not data:
+        raise ValueError("data must hold at least one (x, y) batch; got none")
     for i, batch in enumerate(data):
         if not (isinstance(batch, tuple | list) and len(batch) == 2):
             raise ValueError(f"data[{i}] must be an (x, y) pair; got {type(batch).__name__}")
@@ -32,7 +49,7 @@ def check_data(data: Sequence[Batch] | None) -> list[Batch] | None:
             raise ValueError(
                 f"data[{i}] y must be an int64 tensor with {len(x)} labels; got {_describe(y)}"
             )
-    return list(data)
+    return [tuple(batch) for batch in data]
 
 
 def _describe(t: object) -> str:
@@ -61,14 +78,15 @@ def score(
     model: nn.Module,
     method: str,
     masks: Mapping[str, torch.Tensor] | None = None,
-    data: Sequence[Batch] | None = None,
+    data: Iterable[Batch] | None = None,
     seed: int = 0,
     hparams: Strict | dict | None = None,
+    max_batches: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """One round's scores (float64, on the model's device) of ``model`` under ``masks``."""
     _check_method(method, data)
     resolved = resolve_hparams(method, hparams)
-    data = check_data(data)
+    data = check_data(data, max_batches)
     net = ScoringNet(model)
     masks = dense_masks(net) if masks is None else _check_masks(net, masks)
     generator = torch.Generator(device=net.device).manual_seed(seed)
@@ -89,18 +107,20 @@ def prune_at_init(
     model: nn.Module,
     method: str,
     density: float,
-    data: Sequence[Batch] | None = None,
+    data: Iterable[Batch] | None = None,
     rounds: int = 1,
     schedule: str = "exponential",
     seed: int = 0,
     hparams: Strict | dict | None = None,
     invert: bool = False,
+    max_batches: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Masks keeping round(density * total) prunable weights, chosen over ``rounds`` rounds.
 
     Round t keeps the global top round(d_t * total) of the scores of the network masked by
     round t-1; ``invert`` keeps the lowest instead (the sanity branch). ``model`` is not
-    touched: everything runs on one copy.
+    touched: everything runs on one copy. ``data`` is a list of (x, y) batches or any
+    iterable of them (a ``DataLoader``), read once: see ``check_data`` for ``max_batches``.
     """
     _check_method(method, data)
     if isinstance(density, bool) or not isinstance(density, int | float):
@@ -112,7 +132,7 @@ def prune_at_init(
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule {schedule!r} is not one of {list(SCHEDULES)}")
     resolved = resolve_hparams(method, hparams)
-    data = check_data(data)
+    data = check_data(data, max_batches)
     net = ScoringNet(model)
     masks = dense_masks(net)
     generator = torch.Generator(device=net.device).manual_seed(seed)

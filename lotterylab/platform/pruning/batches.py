@@ -6,12 +6,16 @@ from collections.abc import Sequence
 
 import torch
 
+# batches a method scores on when handed an iterator or DataLoader: the spec's default
+# ``pai.scoring_batches``
+DEFAULT_SCORING_BATCHES = 2
+
 
 def scoring_batches(
     x: torch.Tensor,
     y: torch.Tensor,
     num_classes: int,
-    batches: int = 2,
+    batches: int = DEFAULT_SCORING_BATCHES,
     batch_size: int = 128,
     seed: int = 0,
     image_shape: Sequence[int] | None = None,

@@ -403,13 +403,19 @@ def path_scores(
 
 
 def sample_shape(
-    method: str, data: Sequence[Batch] | None, input_shape: Sequence[int] | None
+    method: str,
+    data: Sequence[Batch] | None,
+    input_shape: Sequence[int] | None,
+    net: ScoringNet | None = None,
 ) -> tuple[int, ...]:
-    """Shape of one input sample: from the data if given, else the method's ``input_shape``."""
+    """Shape of one input sample: from the data if given, else the method's ``input_shape``,
+    else (D,) when the first prunable layer registered is ``nn.Linear(D, ...)`` (an MLP)."""
     if data:
         return tuple(data[0][0].shape[1:])
     if input_shape is not None:
         return tuple(input_shape)
+    if net is not None and isinstance(first := net.layers[net.names[0]], nn.Linear):
+        return (first.in_features,)
     raise ValueError(
         f"method {method!r} needs the input shape: pass data=[(x, y), ...] or "
         "hparams={'input_shape': [C, H, W]}"

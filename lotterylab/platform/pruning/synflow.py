@@ -15,12 +15,14 @@ from lotterylab.platform.schema import Strict
 
 class SynFlowHParams(Strict):
     input_shape: tuple[int, ...] | None = Field(
-        None, description="shape of one input sample (C, H, W), used when no data are given"
+        None,
+        description="shape of one input sample (C, H, W), used when no data are given "
+        "(default (D,) for a first layer nn.Linear(D, ...))",
     )
 
 
 def synflow_scores(net, masks, data, generator, hparams: SynFlowHParams) -> dict[str, torch.Tensor]:
-    shape = sample_shape("synflow", data, hparams.input_shape)
+    shape = sample_shape("synflow", data, hparams.input_shape, net)
     with torch.no_grad():  # |w| in float64, all layers in one call (exact in any order)
         weights = [w.to(torch.float64) for w in net.masked(masks).values()]
         torch._foreach_abs_(weights)

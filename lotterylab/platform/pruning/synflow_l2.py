@@ -15,7 +15,9 @@ from lotterylab.platform.schema import Strict
 
 class SynFlowL2HParams(Strict):
     input_shape: tuple[int, ...] | None = Field(
-        None, description="shape of one input sample (C, H, W), used when no data are given"
+        None,
+        description="shape of one input sample (C, H, W), used when no data are given "
+        "(default (D,) for a first layer nn.Linear(D, ...))",
     )
 
 
@@ -32,4 +34,6 @@ def squared_path_scores(net, masks, shape, output_weights=None) -> dict[str, tor
 def synflow_l2_scores(
     net, masks, data, generator, hparams: SynFlowL2HParams
 ) -> dict[str, torch.Tensor]:
-    return squared_path_scores(net, masks, sample_shape("synflow_l2", data, hparams.input_shape))
+    return squared_path_scores(
+        net, masks, sample_shape("synflow_l2", data, hparams.input_shape, net)
+    )
