@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "validate":
             spec, _ = _load(args.spec)
+            from lotterylab.platform.tracking import check_tracking
+
+            check_tracking(spec)  # a tracker that cannot be reached is bad input
             print(f"{args.spec}: valid ({_grid_summary(spec)})")
             return 0
         if args.command == "run":

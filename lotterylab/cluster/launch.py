@@ -15,6 +15,7 @@ from lotterylab.platform.lease import ExperimentLease
 from lotterylab.platform.pai import BRANCHES, PaIConfig, pai_grid
 from lotterylab.platform.spec import ExperimentSpec, spec_from_text
 from lotterylab.platform.store import ExperimentStore, normalise_uri
+from lotterylab.platform.tracking import check_tracking, track_summary
 from lotterylab.trainables import search
 
 SPEC_FILE = "spec.yaml"
@@ -66,6 +67,7 @@ def _start(spec, spec_text, root, store, address, start) -> ExperimentOutcome:
     store.write_json(RESOLVED_SPEC_FILE, spec.model_dump(mode="json"))
     datasets = build_datasets(spec.datasets)
     write_data_artifacts(spec, datasets, store)
+    check_tracking(spec)  # an unreachable tracker fails here, not in a trial hours in
     connect(address)
     try:
         results = search.new_tuner(spec, datasets, root, store.uri).fit()
@@ -99,6 +101,7 @@ def _resume(store: ExperimentStore, address: str | None, start: float) -> Experi
             "start it again with `lotterylab run`"
         )
     datasets = build_datasets(spec.datasets)
+    check_tracking(spec)
     connect(address)
     try:
         results = search.restored_tuner(spec, datasets, store.uri, store.uri).fit()
@@ -185,6 +188,7 @@ def _branch(store, branch, methods, densities, address, start) -> ExperimentOutc
 def _finish(store: ExperimentStore, results, start: float) -> ExperimentOutcome:
     errored = [str(r.error) for r in results if r.error is not None]
     figures = write_report(store)
+    track_summary(load_stored_spec(store), store)
     return ExperimentOutcome(
         uri=store.uri,
         trials=len(results),

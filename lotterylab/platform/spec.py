@@ -35,6 +35,7 @@ from lotterylab.platform.search_space import (
     SEARCH_METRICS,
     SearchSpec,
 )
+from lotterylab.platform.tracking.spec import TrackingSpec
 
 KINDS = ("imp", "pai")
 # paper 2's sparsity grid: density 0.8^(2k), k = 1..9 (36.00 % ... 98.20 % sparsity)
@@ -290,6 +291,7 @@ class ExperimentSpec(Strict):
     resources: ResourcesSpec = ResourcesSpec()
     run: RunSpec = RunSpec()
     search: SearchSpec | None = None
+    tracking: TrackingSpec | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -1,0 +1,257 @@
+"""Tracking: the platform's rows mirrored to a real local MLflow store and to W&B offline files."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from lotterylab.cli import main
+from lotterylab.platform.data.registry import build_dataset
+from lotterylab.platform.imp import IMPLineage, LineageConfig
+from lotterylab.platform.spec import SpecError, parse_spec
+from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.tracking import tracked_store
+from lotterylab.platform.tracking.rows import external_id
+
+mlflow = pytest.importorskip("mlflow")
+wandb_backend = pytest.importorskip("lotterylab.platform.tracking.wandb_backend")
+
+METHODS = ("imp", "oneshot", "random")
+
+
+@pytest.fixture
+def wandb_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "wandb-files"
+    folder.mkdir()
+    monkeypatch.setenv("WANDB_DIR", str(folder))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    return str(folder)
+
+
+def _tracked_spec(spec_dict: dict, tmp_path, mlflow_on=True, wandb_on=False, rounds=2):
+    spec_dict.update(seeds=[0], datasets=spec_dict["datasets"][:1])
+    spec_dict["imp"]["rounds"] = rounds
+    tracking = {}
+    if mlflow_on:
+        uri = f"sqlite:///{tmp_path}/mlflow.db"
+        tracking["mlflow"] = {"tracking_uri": uri, "experiment": "tiny"}
+    if wandb_on:
+        tracking["wandb"] = {"project": "tiny", "mode": "offline"}
+    spec_dict["tracking"] = tracking
+    return parse_spec(spec_dict)
+
+
+def _runs(uri: str) -> dict:
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    return client, {r.info.run_name: r for r in runs}
+
+
+def _snapshot(lineage: IMPLineage) -> dict:
+    buffer = io.BytesIO()
+    torch.save(lineage.state_dict(), buffer)
+    return torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+
+
+def test_tracking_changes_no_lineage_id_and_holds_no_credentials(tiny_spec_dict, tmp_path):
+    tracked = _tracked_spec(tiny_spec_dict, tmp_path)
+    plain = parse_spec({k: v for k, v in tiny_spec_dict.items() if k != "tracking"})
+    assert plain.tracking is None and tracked.tracking is not None
+    assert LineageConfig("x", "nlgp", 0, plain).lineage_id == (
+        LineageConfig("x", "nlgp", 0, tracked).lineage_id
+    )
+    tiny_spec_dict["tracking"]["mlflow"]["tracking_uri"] = "http://me:secret@127.0.0.1:5000"
+    with pytest.raises(SpecError, match="tracking.mlflow.tracking_uri.*credentials"):
+        parse_spec(tiny_spec_dict)
+    tiny_spec_dict["tracking"] = {}
+    with pytest.raises(SpecError, match="give mlflow, wandb or both"):
+        parse_spec(tiny_spec_dict)
+
+
+def test_the_platform_imports_without_the_trackers():
+    code = (
+        "import sys; import lotterylab.platform.tracking, lotterylab.platform.spec, "
+        "lotterylab.trainables.imp_lineage; "
+        "print(sorted(m for m in ('mlflow', 'wandb') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_mlflow_gets_one_run_per_lineage_and_method_and_no_step_twice(tiny_spec_dict, tmp_path):
+    spec = _tracked_spec(tiny_spec_dict, tmp_path)
+    uri = spec.tracking.mlflow.tracking_uri
+    data = build_dataset(spec.datasets, "nlgp")
+    config = LineageConfig("tiny", "nlgp", 0, spec)
+    store = tracked_store(str(tmp_path / "tiny"), spec)
+    first = IMPLineage(config, data, store)
+    first.run_round()
+    after_round0 = _snapshot(first)
+    first.run_round()  # round 1 is logged, then the trial dies before its checkpoint
+    store.close()
+
+    # a resumed trial: a new store and tracker, from the checkpoint of round 0
+    store = tracked_store(str(tmp_path / "tiny"), spec)
+    again = IMPLineage(config, data, store)
+    again.load_state_dict(after_round0)
+    again.run_round()  # round 1, replayed
+    again.run_round()  # round 2, the last
+    store.close()
+
+    client, runs = _runs(uri)
+    assert sorted(runs) == sorted(f"{config.lineage_id}/{m}" for m in METHODS)
+    rows = ExperimentStore(str(tmp_path / "tiny")).read_table("rounds").to_pylist()
+    for method in METHODS:
+        run = runs[f"{config.lineage_id}/{method}"]
+        assert run.info.status == "FINISHED"
+        params = run.data.params
+        assert (params["dataset"], params["seed"], params["method"]) == ("nlgp", "0", method)
+        assert params["training.lr"] == "0.1" and params["imp.fraction"] == "0.4"
+        assert params["datasets.0.type"] == "nlgp" and "tracking.mlflow.experiment" not in params
+        assert run.data.tags["lotterylab.id"] == external_id(store.uri, run.info.run_name)
+        for metric in ("test_accuracy", "sparsity", "sparsity_first_layer", "kurtosis_mean"):
+            history = client.get_metric_history(run.info.run_id, metric)
+            assert sorted(m.step for m in history) == [0, 1, 2], (method, metric)
+        accuracy = {
+            m.step: m.value for m in client.get_metric_history(run.info.run_id, "test_accuracy")
+        }
+        mine = {r["round"]: r["test_accuracy"] for r in rows if r["method"] == method}
+        assert accuracy == pytest.approx(mine)
+        widths = client.get_metric_history(run.info.run_id, "rf_width_median")
+        assert sorted(m.step for m in widths) == [0, 1, 2]
+        assert (
+            len(client.get_metric_history(run.info.run_id, "layer_sparsity/layers.0.weight")) == 3
+        )
+
+
+def _offline_steps(directory: str, run_id: str) -> list[int]:
+    """Every history step of every offline file of the run, repeats kept."""
+    import glob
+
+    steps = []
+    pattern = os.path.join(directory, "wandb", f"offline-run-*-{run_id}", f"run-{run_id}.wandb")
+    for path in glob.glob(pattern):
+        folder = os.path.dirname(os.path.dirname(path))
+        steps += sorted(wandb_backend.offline_history(folder, run_id).keys())
+    return steps
+
+
+def test_wandb_offline_runs_hold_each_round_once(tiny_spec_dict, tmp_path, wandb_dir):
+    spec = _tracked_spec(tiny_spec_dict, tmp_path, mlflow_on=False, wandb_on=True)
+    data = build_dataset(spec.datasets, "nlgp")
+    config = LineageConfig("tiny", "nlgp", 0, spec)
+    store = tracked_store(str(tmp_path / "tiny"), spec)
+    lineage = IMPLineage(config, data, store)
+    lineage.run_round()
+    lineage.run_round()
+    after_round1 = _snapshot(lineage)
+    lineage.run_round()
+    store.close()
+    # the last round replayed by a resumed trial adds nothing
+    store = tracked_store(str(tmp_path / "tiny"), spec)
+    again = IMPLineage(config, data, store)
+    again.load_state_dict(after_round1)
+    again.run_round()
+    store.close()
+
+    rows = ExperimentStore(str(tmp_path / "tiny")).read_table("rounds").to_pylist()
+    for method in METHODS:
+        run_id = external_id(store.uri, f"{config.lineage_id}/{method}")
+        assert _offline_steps(wandb_dir, run_id) == [0, 1, 2]
+        history = wandb_backend.offline_history(wandb_dir, run_id)
+        mine = {r["round"]: r["test_accuracy"] for r in rows if r["method"] == method}
+        assert {s: h["test_accuracy"] for s, h in history.items()} == pytest.approx(mine)
+        assert all("kurtosis_mean" in h and "sparsity" in h for h in history.values())
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again when the socket is
+
+
+def test_an_unreachable_tracker_is_bad_input(tiny_spec_dict, tmp_path, write_spec, capsys):
+    tiny_spec_dict["tracking"] = {
+        "mlflow": {"tracking_uri": f"http://127.0.0.1:{_closed_port()}", "experiment": "x"}
+    }
+    assert main(["validate", write_spec(tiny_spec_dict)]) == 2
+    err = capsys.readouterr().err
+    assert "tracking.mlflow.tracking_uri" in err and "cannot use MLflow" in err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    tiny_spec_dict["tracking"]["mlflow"]["tracking_uri"] = f"sqlite:///{blocker}/mlflow.db"
+    assert main(["validate", write_spec(tiny_spec_dict)]) == 2
+    assert "tracking.mlflow.tracking_uri" in capsys.readouterr().err
+    # run refuses before Ray starts: no Tune state is written
+    assert main(["run", write_spec(tiny_spec_dict), "--storage", str(tmp_path / "r")]) == 2
+    assert not any(n.startswith("experiment_state") for n in os.listdir(tmp_path / "r" / "tiny"))
+
+
+def test_killed_driver_resumes_the_same_tracker_runs(
+    tiny_spec_dict, tmp_path, write_spec, wandb_dir
+):
+    from ray.cluster_utils import Cluster
+
+    spec = _tracked_spec(tiny_spec_dict, tmp_path, wandb_on=True, rounds=4)
+    tiny_spec_dict.update(name="killme")
+    tiny_spec_dict["training"].update(steps=300, rewind_step=10)
+    spec = parse_spec(tiny_spec_dict)
+    spec_path = write_spec(tiny_spec_dict)
+    root = tmp_path / "results"
+    store = ExperimentStore(str(root / "killme"))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.wait_for_nodes()
+    command = [sys.executable, "-m", "lotterylab.cli"]
+    try:
+        driver = subprocess.Popen(
+            [*command, "run", spec_path, "--storage", str(root), "--address", cluster.address],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        while True:  # wait for the rows of round 2
+            if 2 in {r["round"] for r in store.read_table("rounds").to_pylist()}:
+                break
+            assert driver.poll() is None, driver.stderr.read().decode()
+            time.sleep(0.2)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        resumed = subprocess.run(
+            [*command, "resume", store.uri, "--address", cluster.address],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+    finally:
+        cluster.shutdown()
+
+    lineage_id = LineageConfig("killme", "nlgp", 0, spec).lineage_id
+    client, runs = _runs(spec.tracking.mlflow.tracking_uri)
+    assert sorted(runs) == sorted([f"{lineage_id}/{m}" for m in METHODS] + ["summary"])
+    rows = store.read_table("rounds").to_pylist()
+    for method in METHODS:
+        run = runs[f"{lineage_id}/{method}"]
+        assert run.info.status == "FINISHED"
+        for metric in ("test_accuracy", "kurtosis_mean"):
+            history = client.get_metric_history(run.info.run_id, metric)
+            assert sorted(m.step for m in history) == [0, 1, 2, 3, 4], (method, metric)
+        accuracy = {
+            m.step: m.value for m in client.get_metric_history(run.info.run_id, "test_accuracy")
+        }
+        assert accuracy == pytest.approx(
+            {r["round"]: r["test_accuracy"] for r in rows if r["method"] == method}
+        )
+        run_id = external_id(store.uri, f"{lineage_id}/{method}")
+        assert sorted(_offline_steps(wandb_dir, run_id)) == [0, 1, 2, 3, 4]
+    artifacts = client.list_artifacts(runs["summary"].info.run_id, "figures")
+    assert "figures/summary.md" in {a.path for a in artifacts}
