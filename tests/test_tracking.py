@@ -136,14 +136,8 @@ def test_mlflow_gets_one_run_per_lineage_and_method_and_no_step_twice(tiny_spec_
 
 def _offline_steps(directory: str, run_id: str) -> list[int]:
     """Every history step of every offline file of the run, repeats kept."""
-    import glob
-
-    steps = []
-    pattern = os.path.join(directory, "wandb", f"offline-run-*-{run_id}", f"run-{run_id}.wandb")
-    for path in glob.glob(pattern):
-        folder = os.path.dirname(os.path.dirname(path))
-        steps += sorted(wandb_backend.offline_history(folder, run_id).keys())
-    return steps
+    files = wandb_backend.offline_files(directory, run_id)
+    return sorted(step for path in files for step, _ in wandb_backend.file_history(path))
 
 
 def test_wandb_offline_runs_hold_each_round_once(tiny_spec_dict, tmp_path, wandb_dir):

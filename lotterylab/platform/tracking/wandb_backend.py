@@ -118,23 +118,36 @@ def _records(path: str) -> Iterator[bytes]:
             pending = b""
 
 
+def offline_files(directory: str, run_id: str) -> list[str]:
+    """The offline run files of ``run_id`` under ``directory`` (one per process that ran it)."""
+    pattern = os.path.join(directory, "wandb", f"offline-run-*-{run_id}", f"run-{run_id}.wandb")
+    return sorted(glob.glob(pattern))
+
+
+def file_history(path: str) -> list[tuple[int, dict[str, float]]]:
+    """The (step, values) history records of one offline run file, in file order."""
+    history = []
+    for data in _records(path):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        if record.WhichOneof("record_type") != "history":
+            continue
+        values = {}
+        for item in record.history.item:
+            name = item.key or ".".join(item.nested_key)
+            if not name.startswith("_"):
+                values[name] = json.loads(item.value_json)
+        history.append((record.history.step.num, values))
+    return history
+
+
 def offline_history(directory: str, run_id: str) -> dict[int, dict[str, float]]:
     """Step -> logged values of every offline file of ``run_id`` under ``directory``."""
-    history: dict[int, dict[str, float]] = {}
-    pattern = os.path.join(directory, "wandb", f"offline-run-*-{run_id}", f"run-{run_id}.wandb")
-    for path in sorted(glob.glob(pattern)):
-        for data in _records(path):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(data)
-            if record.WhichOneof("record_type") != "history":
-                continue
-            values = {}
-            for item in record.history.item:
-                name = item.key or ".".join(item.nested_key)
-                if not name.startswith("_"):
-                    values[name] = json.loads(item.value_json)
-            history.setdefault(record.history.step.num, {}).update(values)
-    return history
+    merged: dict[int, dict[str, float]] = {}
+    for path in offline_files(directory, run_id):
+        for step, values in file_history(path):
+            merged.setdefault(step, {}).update(values)
+    return merged
 
 
 def check(spec: WandbSpec) -> None:
