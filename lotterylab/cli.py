@@ -81,6 +81,15 @@ def _parser() -> argparse.ArgumentParser:
     clone.add_argument("--fit-limit", type=int, help="fit on at most this many images")
     clone.add_argument("--seed", type=int, default=0, help="sampling seed")
     clone.add_argument("--image-size", type=int, default=32, help="image side (16, 32, 64)")
+    fetch = data_commands.add_parser(
+        "download",
+        help="fetch a published data set, verify its checksum and unpack it into the layout "
+        "its loader reads (never done at run time)",
+    )
+    fetch.add_argument("dataset", help="cifar10, cifar100, tiny_imagenet, voc (imagenet32: how)")
+    fetch.add_argument("root", help="the folder a spec's `root` will name")
+    fetch.add_argument("--mirror", help="folder URL serving the same archive file name")
+    fetch.add_argument("--checksum", help="md5:HEX or sha256:HEX of a mirror's own archive")
     return parser
 
 
@@ -191,6 +200,17 @@ def main(argv: list[str] | None = None) -> int:
                 args.experiment, args.kind, args.method, args.density, args.address
             )
             return _report(outcome)
+        if args.command == "data" and args.data_command == "download":
+            from lotterylab.platform.data.download import download
+
+            done = download(args.dataset, args.root, mirror=args.mirror, checksum=args.checksum)
+            state = (
+                f"{done.fetched_bytes} bytes fetched and verified"
+                if done.fetched_bytes
+                else ("already in place")
+            )
+            print(f"{args.dataset}: {state}; use `type: {args.dataset}` with `root: {done.root}`")
+            return 0
         if args.command == "data":
             from lotterylab.platform.data.clone_builder import build_gaussian_clone
 
