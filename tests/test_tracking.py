@@ -207,9 +207,10 @@ def test_killed_driver_resumes_the_same_tracker_runs(
     cluster.wait_for_nodes()
     command = [sys.executable, "-m", "lotterylab.cli"]
     try:
+        console = open(tmp_path / "console.txt", "w")  # noqa: SIM115 - the driver writes it
         driver = subprocess.Popen(
             [*command, "run", spec_path, "--storage", str(root), "--address", cluster.address],
-            stdout=subprocess.DEVNULL,
+            stdout=console,
             stderr=subprocess.PIPE,
         )
         while True:  # wait for the rows of round 2
@@ -219,6 +220,7 @@ def test_killed_driver_resumes_the_same_tracker_runs(
             time.sleep(0.2)
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
+        console.close()
         resumed = subprocess.run(
             [*command, "resume", store.uri, "--address", cluster.address],
             capture_output=True,
@@ -230,6 +232,11 @@ def test_killed_driver_resumes_the_same_tracker_runs(
         cluster.shutdown()
 
     lineage_id = LineageConfig("killme", "nlgp", 0, spec).lineage_id
+    # Tune's table: the group's size and first lineage, round, sparsity, accuracy
+    table = resumed.stdout
+    for header in ("lineages", "first lineage", "round", "sparsity (1st layer)", "accuracy"):
+        assert f"| {header} " in table, table[-2000:]
+    assert lineage_id in table and "[{'dataset'" not in table
     client, runs = _runs(spec.tracking.mlflow.tracking_uri)
     assert sorted(runs) == sorted([f"{lineage_id}/{m}" for m in METHODS] + ["summary"])
     rows = store.read_table("rounds").to_pylist()

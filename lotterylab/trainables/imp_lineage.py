@@ -63,6 +63,8 @@ class IMPLineageTrainable(tune.Trainable):
                 log_imp_round(lineage, own)
                 imp.append(next(row for row in own if row["method"] == IMP))
         result = {
+            "group_size": len(self.group.ids),  # Tune's table: readable, unlike the id list
+            "first_lineage": self.group.ids[0],
             "lineage_id": ",".join(self.group.ids),
             "imp_round": imp[0]["round"],
             "done": self.group.done,
