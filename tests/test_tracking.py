@@ -256,3 +256,33 @@ def test_killed_driver_resumes_the_same_tracker_runs(
         assert sorted(_offline_steps(wandb_dir, run_id)) == [0, 1, 2, 3, 4]
     artifacts = client.list_artifacts(runs["summary"].info.run_id, "figures")
     assert "figures/summary.md" in {a.path for a in artifacts}
+
+
+def test_a_pai_run_logs_its_mask_and_every_epoch(pai_spec_dict, tmp_path):
+    from lotterylab.platform.pai import PaIConfig, PaIRun
+
+    pai_spec_dict["model"] = {"name": "fcn", "hidden": [16]}
+    pai_spec_dict["training"].update(epochs=2, augment="none")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    pai_spec_dict["tracking"] = {"mlflow": {"tracking_uri": uri, "experiment": "tiny"}}
+    spec = parse_spec(pai_spec_dict)
+    store = tracked_store(str(tmp_path / "tinypai"), spec)
+    config = PaIConfig(store.name, "nlgp3", 0, "snip", 0.2, 1, spec)
+    run = PaIRun(config, build_dataset(spec.datasets, "nlgp3"), store)
+    mask = run.prune()
+    while not run.done:
+        run.run_epoch()
+    store.close()
+
+    client, runs = _runs(uri)
+    assert list(runs) == [run.id]
+    tracked = runs[run.id]
+    assert tracked.info.status == "FINISHED"
+    assert (tracked.data.params["method"], tracked.data.params["density"]) == ("snip", "0.2")
+    history = client.get_metric_history(tracked.info.run_id, "test_accuracy")
+    assert sorted(m.step for m in history) == [0, 1, 2]
+    density = client.get_metric_history(tracked.info.run_id, "actual_density")
+    assert [(m.step, m.value) for m in density] == [(0, pytest.approx(mask["actual_density"]))]
+    assert [m.step for m in client.get_metric_history(tracked.info.run_id, "collapsed")] == [0]
+    losses = client.get_metric_history(tracked.info.run_id, "train_loss")
+    assert sorted(m.step for m in losses) == [1, 2]  # epoch 0 is before any training

@@ -294,7 +294,7 @@ def progress_reporter(spec: ExperimentSpec) -> tune.CLIReporter:
         }
         metrics = {"epoch": "epoch", "train_loss": "loss", "test_accuracy": "accuracy"}
     else:
-        params = {"lineages/0/dataset": "data", "lineages/0/seed": "seed"}
+        params = {"lineages/0/dataset": "data"}  # of the first lineage, as its id says
         metrics = {
             "group_size": "lineages",
             "first_lineage": "first lineage",
