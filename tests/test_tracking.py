@@ -186,9 +186,9 @@ def test_an_unreachable_tracker_is_bad_input(tiny_spec_dict, tmp_path, write_spe
     tiny_spec_dict["tracking"]["mlflow"]["tracking_uri"] = f"sqlite:///{blocker}/mlflow.db"
     assert main(["validate", write_spec(tiny_spec_dict)]) == 2
     assert "tracking.mlflow.tracking_uri" in capsys.readouterr().err
-    # run refuses before Ray starts: no Tune state is written
+    # run refuses before anything is stored, so the fixed spec starts under the same name
     assert main(["run", write_spec(tiny_spec_dict), "--storage", str(tmp_path / "r")]) == 2
-    assert not any(n.startswith("experiment_state") for n in os.listdir(tmp_path / "r" / "tiny"))
+    assert not ExperimentStore(str(tmp_path / "r" / "tiny")).exists("spec.resolved.json")
 
 
 def test_killed_driver_resumes_the_same_tracker_runs(

@@ -53,6 +53,7 @@ def run_experiment(
 
 
 def _start(spec, spec_text, root, store, address, start) -> ExperimentOutcome:
+    check_tracking(spec)  # an unreachable tracker fails now, before anything is stored
     if search.can_restore(store.uri):
         raise ExperimentError(
             f"experiment {store.uri} already exists: continue it with "
@@ -67,7 +68,6 @@ def _start(spec, spec_text, root, store, address, start) -> ExperimentOutcome:
     store.write_json(RESOLVED_SPEC_FILE, spec.model_dump(mode="json"))
     datasets = build_datasets(spec.datasets)
     write_data_artifacts(spec, datasets, store)
-    check_tracking(spec)  # an unreachable tracker fails here, not in a trial hours in
     connect(address)
     try:
         results = search.new_tuner(spec, datasets, root, store.uri).fit()
