@@ -35,6 +35,8 @@ def wandb_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(folder))
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    # a service an earlier test started in this process: Ray's workers would inherit it
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
     return str(folder)
 
 
