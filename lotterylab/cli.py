@@ -184,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
             target = stores[0] if len(stores) == 1 else stores
             for path in write_report(target, out=args.out):
                 print(path)
+            if args.out is None and len(stores) == 1:  # the figures of its summary run
+                from lotterylab.platform.tracking import track_stored_summary
+
+                track_stored_summary(stores[0])
             return 0
         if args.command == "analyze":
             from lotterylab.cluster.analyze import analyze_experiment

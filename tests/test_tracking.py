@@ -259,6 +259,9 @@ def test_killed_driver_resumes_the_same_tracker_runs(
         assert sorted(_offline_steps(wandb_dir, run_id)) == [0, 1, 2, 3, 4]
     artifacts = client.list_artifacts(runs["summary"].info.run_id, "figures")
     assert "figures/summary.md" in {a.path for a in artifacts}
+    # redrawn figures go to the same summary run
+    assert main(["figures", store.uri]) == 0
+    assert len(_runs(spec.tracking.mlflow.tracking_uri)[1]) == len(runs)
 
 
 def test_a_pai_run_logs_its_mask_and_every_epoch(pai_spec_dict, tmp_path):

@@ -11,6 +11,7 @@ lazily: without a ``tracking:`` section neither package is needed.
 from __future__ import annotations
 
 import io
+import json
 import posixpath
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "TrackingSpec",
     "WandbSpec",
     "check_tracking",
+    "track_stored_summary",
     "track_summary",
     "tracked_store",
 ]
@@ -184,3 +186,12 @@ def track_summary(spec: ExperimentSpec, store: ExperimentStore) -> None:
         tracker.summary(files)
     finally:
         tracker.close()
+
+
+def track_stored_summary(store: ExperimentStore) -> None:
+    """``track_summary`` under the experiment's stored spec (``lotterylab figures``)."""
+    from lotterylab.platform.spec import spec_from_text
+
+    rel = "spec.resolved.json"
+    if store.exists(rel):
+        track_summary(spec_from_text(json.dumps(store.read_json(rel)), store.url(rel)), store)
