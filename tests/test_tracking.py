@@ -46,7 +46,12 @@ def _tracked_spec(spec_dict: dict, tmp_path, mlflow_on=True, wandb_on=False, rou
     tracking = {}
     if mlflow_on:
         uri = f"sqlite:///{tmp_path}/mlflow.db"
-        tracking["mlflow"] = {"tracking_uri": uri, "experiment": "tiny"}
+        artifacts = str(tmp_path / "artifacts")  # not MLflow's default ./mlruns in the checkout
+        tracking["mlflow"] = {
+            "tracking_uri": uri,
+            "experiment": "tiny",
+            "artifact_location": artifacts,
+        }
     if wandb_on:
         tracking["wandb"] = {"project": "tiny", "mode": "offline"}
     spec_dict["tracking"] = tracking
