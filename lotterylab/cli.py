@@ -95,6 +95,15 @@ def _parser() -> argparse.ArgumentParser:
     clone.add_argument("--fit-limit", type=int, help="fit on at most this many images")
     clone.add_argument("--seed", type=int, default=0, help="sampling seed")
     clone.add_argument("--image-size", type=int, default=32, help="image side (16, 32, 64)")
+    fetch = data_commands.add_parser(
+        "download",
+        help="fetch a published data set, verify its checksum and unpack it into the layout "
+        "its loader reads (never done at run time)",
+    )
+    fetch.add_argument("dataset", help="cifar10, cifar100, tiny_imagenet, voc (imagenet32: how)")
+    fetch.add_argument("root", help="the folder a spec's `root` will name")
+    fetch.add_argument("--mirror", help="folder URL serving the same archive file name")
+    fetch.add_argument("--checksum", help="md5:HEX or sha256:HEX of a mirror's own archive")
     return parser
 
 
@@ -184,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "validate":
             spec, _ = _load(args.spec)
+            from lotterylab.platform.tracking import check_tracking
+
+            check_tracking(spec)  # a tracker that cannot be reached is bad input
             print(f"{' '.join(args.spec) or 'default'}: valid ({_grid_summary(spec)})")
             return 0
         if args.command == "specs":
@@ -216,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
             target = stores[0] if len(stores) == 1 else stores
             for path in write_report(target, out=args.out):
                 print(path)
+            if args.out is None and len(stores) == 1:  # the figures of its summary run
+                from lotterylab.platform.tracking import track_stored_summary
+
+                track_stored_summary(stores[0])
             return 0
         if args.command == "analyze":
             from lotterylab.cluster.analyze import analyze_experiment
@@ -232,6 +248,17 @@ def main(argv: list[str] | None = None) -> int:
                 args.experiment, args.kind, args.method, args.density, args.address, args.sparsity
             )
             return _report(outcome)
+        if args.command == "data" and args.data_command == "download":
+            from lotterylab.platform.data.download import download
+
+            done = download(args.dataset, args.root, mirror=args.mirror, checksum=args.checksum)
+            state = (
+                f"{done.fetched_bytes} bytes fetched and verified"
+                if done.fetched_bytes
+                else ("already in place")
+            )
+            print(f"{args.dataset}: {state}; use `type: {args.dataset}` with `root: {done.root}`")
+            return 0
         if args.command == "data":
             from lotterylab.platform.data.clone_builder import build_gaussian_clone
 

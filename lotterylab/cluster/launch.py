@@ -16,6 +16,7 @@ from lotterylab.platform.lease import ExperimentLease
 from lotterylab.platform.pai import BRANCHES, PaIConfig, pai_grid
 from lotterylab.platform.spec import ExperimentSpec, spec_from_text
 from lotterylab.platform.store import ExperimentStore, normalise_uri
+from lotterylab.platform.tracking import check_tracking, track_summary
 from lotterylab.trainables import search
 
 SPEC_FILE = "spec.yaml"
@@ -53,6 +54,7 @@ def run_experiment(
 
 
 def _start(spec, spec_text, root, store, address, start) -> ExperimentOutcome:
+    check_tracking(spec)  # an unreachable tracker fails now, before anything is stored
     if search.can_restore(store.uri):
         raise ExperimentError(
             f"experiment {store.uri} already exists: continue it with "
@@ -100,6 +102,7 @@ def _resume(store: ExperimentStore, address: str | None, start: float) -> Experi
             "start it again with `lotterylab run`"
         )
     datasets = build_datasets(spec.datasets)
+    check_tracking(spec)
     connect(address)
     try:
         results = search.restored_tuner(spec, datasets, store.uri, store.uri).fit()
@@ -192,6 +195,7 @@ def _branch(store, branch, methods, densities, sparsities, address, start) -> Ex
 def _finish(store: ExperimentStore, results, start: float) -> ExperimentOutcome:
     errored = [str(r.error) for r in results if r.error is not None]
     figures = write_report(store)
+    track_summary(load_stored_spec(store), store)
     return ExperimentOutcome(
         uri=store.uri,
         trials=len(results),

@@ -18,8 +18,8 @@ from lotterylab.platform.device import trial_device
 from lotterylab.platform.imp import IMP, IMPLineage, LineageConfig
 from lotterylab.platform.lineage_group import LineageGroup
 from lotterylab.platform.spec import ExperimentSpec
-from lotterylab.platform.store import ExperimentStore
 from lotterylab.platform.tensorboard_log import log_imp_round
+from lotterylab.platform.tracking import tracked_store
 
 CHECKPOINT_FILE = "lineage.pt"
 REPORTED = ("sparsity_first_layer", "test_accuracy", "rf_width_median")
@@ -44,7 +44,7 @@ class IMPLineageTrainable(tune.Trainable):
         spec = ExperimentSpec.model_validate_json(spec_json).with_values(config.get("search"))
         # one thread per reserved CPU: the same thread count makes a resumed round bit-exact
         torch.set_num_threads(max(1, int(spec.resources.cpu)))
-        store = ExperimentStore(store_uri)
+        self.store = store = tracked_store(store_uri, spec)  # rows reach its trackers too
         device = trial_device(spec.resources.gpu)
         lineages = []
         for member in trial_members(config):
@@ -63,6 +63,8 @@ class IMPLineageTrainable(tune.Trainable):
                 log_imp_round(lineage, own)
                 imp.append(next(row for row in own if row["method"] == IMP))
         result = {
+            "group_size": len(self.group.ids),  # Tune's table: readable, unlike the id list
+            "first_lineage": self.group.ids[0],
             "lineage_id": ",".join(self.group.ids),
             "imp_round": imp[0]["round"],
             "done": self.group.done,
@@ -71,6 +73,9 @@ class IMPLineageTrainable(tune.Trainable):
             values = [row[key] for row in imp if row[key] is not None]
             result[key] = statistics.fmean(values) if values else None
         return result
+
+    def cleanup(self) -> None:
+        self.store.close()
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         torch.save(self.group.state_dict(), os.path.join(checkpoint_dir, CHECKPOINT_FILE))

@@ -15,8 +15,8 @@ from lotterylab.platform.data.dataset import ImageDataset
 from lotterylab.platform.device import trial_device
 from lotterylab.platform.pai import PaIConfig, PaIRun
 from lotterylab.platform.spec import ExperimentSpec
-from lotterylab.platform.store import ExperimentStore
 from lotterylab.platform.tensorboard_log import log_pai_epoch
+from lotterylab.platform.tracking import tracked_store
 
 CHECKPOINT_FILE = "run.pt"
 
@@ -42,7 +42,7 @@ class PaIRunTrainable(tune.Trainable):
         # a search trial runs the experiment's spec with its sampled values applied
         spec = ExperimentSpec.model_validate_json(spec_json).with_values(config.get("search"))
         torch.set_num_threads(max(1, int(spec.resources.cpu)))
-        store = ExperimentStore(store_uri)
+        self.store = store = tracked_store(store_uri, spec)  # rows reach its trackers too
         device = trial_device(spec.resources.gpu)
         run = config["run"]
         config = pai_config(spec, store.name, run)
@@ -65,6 +65,9 @@ class PaIRunTrainable(tune.Trainable):
         if mask_row is not None:
             result["scoring_time_s"] = mask_row["scoring_time_s"]
         return result
+
+    def cleanup(self) -> None:
+        self.store.close()
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         torch.save(self.run.state_dict(), os.path.join(checkpoint_dir, CHECKPOINT_FILE))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 
 import fsspec
 import pyarrow.fs
@@ -274,8 +275,45 @@ def _run_config(spec: ExperimentSpec, storage_root: str, name: str) -> tune.RunC
         # num_to_keep also makes Tune snapshot its experiment state after every trial
         # checkpoint, so a driver killed early still leaves something to resume from
         checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=2),
-        verbose=1,  # Tune's console table: status and the metrics each round reports
+        verbose=1,
+        progress_reporter=progress_reporter(spec),
     )
+
+
+def progress_reporter(spec: ExperimentSpec) -> tune.CLIReporter:
+    """Tune's console table: readable columns (a group's size and first lineage, not its
+    list; round or epoch, sparsity, accuracy) instead of the raw trial config."""
+    if spec.kind == "pai":
+        params = {
+            "run/method": "method",
+            "run/density": "density",
+            "run/rounds": "T",
+            "run/dataset": "data",
+            "run/seed": "seed",
+        }
+        metrics = {"epoch": "epoch", "train_loss": "loss", "test_accuracy": "accuracy"}
+    else:
+        params = {"lineages/0/dataset": "data"}  # of the first lineage, as its id says
+        metrics = {
+            "group_size": "lineages",
+            "first_lineage": "first lineage",
+            "imp_round": "round",
+            "sparsity_first_layer": "sparsity (1st layer)",
+            "test_accuracy": "accuracy",
+        }
+    if spec.search is not None:
+        params.update({f"{SEARCH_KEY}/{path}": path for path in spec.search.space})
+    return tune.CLIReporter(
+        metric_columns=metrics,
+        parameter_columns=params,
+        max_column_length=48,
+        print_intermediate_tables=True,
+    )
+
+
+def _legacy_console() -> None:
+    """Tune's newer console output ignores a progress reporter; the classic one honours it."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
 def trial_dirname_for(spec: ExperimentSpec):
@@ -305,6 +343,7 @@ def new_tuner(
 
     Ray must be connected: ``batch_lineages: auto`` sizes the groups to the cluster.
     """
+    _legacy_console()
     groups = None
     if spec.kind == "imp":
         groups = lineage_groups(spec, datasets, trial_slots(spec))
@@ -328,6 +367,7 @@ def can_restore(experiment_uri: str) -> bool:
 def restored_tuner(
     spec: ExperimentSpec, datasets: dict[str, ImageDataset], experiment_uri: str, store_uri: str
 ) -> tune.Tuner:
+    _legacy_console()
     path, filesystem = tune_storage(experiment_uri)
     return tune.Tuner.restore(
         path,

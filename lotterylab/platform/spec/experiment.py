@@ -46,6 +46,7 @@ from lotterylab.platform.spec.sections import (
     RunSpec,
     TrainingSpec,
 )
+from lotterylab.platform.tracking.spec import TrackingSpec
 
 KINDS = ("imp", "pai")
 TORCH_SEEDS = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
@@ -76,6 +77,7 @@ class ExperimentSpec(Strict):
     resources: ResourcesSpec = ResourcesSpec()
     run: RunSpec = RunSpec()
     search: SearchSpec | None = None
+    tracking: TrackingSpec | None = None
 
     @model_validator(mode="before")
     @classmethod
