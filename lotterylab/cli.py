@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from lotterylab.platform.lease import LeaseError
 from lotterylab.platform.spec import SpecError, load_spec, parse_spec
-from lotterylab.platform.store import StoreError
+from lotterylab.platform.store import StoreError, credentials_problem
 
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "experiments" / "default.yaml"
 
@@ -101,11 +102,19 @@ def _grid_summary(spec) -> str:
     return grid
 
 
-def _load(path: str | None):
+def _load(path: str | None, address: str | None = None):
+    """The spec and its text, refused if it cannot run here (data paths, a trial's memory)."""
+    from lotterylab.platform.spec_bounds import runnable_problems
+
     spec_path = Path(path) if path else DEFAULT_SPEC
     if path is None and not spec_path.exists():
         raise SpecError(f"the default spec {spec_path} is missing: pass a spec path")
-    return load_spec(spec_path)
+    spec, text = load_spec(spec_path)
+    local = address is None and not os.environ.get("RAY_ADDRESS")  # else a cluster runs it
+    problems = runnable_problems(spec, on_this_machine=local)
+    if problems:
+        raise SpecError("\n".join([f"invalid experiment spec {spec_path}:", *problems]))
+    return spec, text
 
 
 def _report(outcome) -> int:
@@ -154,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.spec}: valid ({_grid_summary(spec)})")
             return 0
         if args.command == "run":
-            spec, text = _load(args.spec)
+            spec, text = _load(args.spec, args.address)
             if args.name:
                 spec = parse_spec(spec.model_dump(mode="json") | {"name": args.name}, "--name")
             from lotterylab.cluster.launch import run_experiment
@@ -212,6 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as error:
         print(f"lotterylab {args.command}: {error}", file=sys.stderr)
         return EXIT_FAILED
+    except Exception as error:  # a storage client without credentials is bad input, not a bug
+        problem = credentials_problem(error)
+        if problem is None:
+            raise
+        print(f"lotterylab {args.command}: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return EXIT_FAILED
 
 

@@ -83,9 +83,20 @@ def load_stored_spec(store: ExperimentStore) -> ExperimentSpec:
     return spec_from_text(resolved, store.url(RESOLVED_SPEC_FILE))
 
 
+def existing_experiment(uri: str) -> ExperimentStore:
+    """The store of an experiment that exists; nothing is created when it does not."""
+    store = ExperimentStore(uri)
+    if not store.exists(RESOLVED_SPEC_FILE):
+        raise ExperimentError(
+            f"{store.uri} is not a lotterylab experiment: it has no {RESOLVED_SPEC_FILE} "
+            "(check the URI; `lotterylab run` starts a new experiment)"
+        )
+    return store
+
+
 def resume_experiment(uri: str, address: str | None = None) -> ExperimentOutcome:
     start = time.perf_counter()
-    store = ExperimentStore(uri)
+    store = existing_experiment(uri)
     with ExperimentLease(store):
         return _resume(store, address, start)
 
@@ -159,7 +170,7 @@ def branch_experiment(
     selection continues an interrupted branch experiment.
     """
     start = time.perf_counter()
-    store = ExperimentStore(uri)
+    store = existing_experiment(uri)
     with ExperimentLease(store):
         return _branch(store, branch, methods, densities, address, start)
 

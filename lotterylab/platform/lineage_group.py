@@ -21,9 +21,18 @@ from lotterylab.platform.spec import ExperimentSpec
 __all__ = ["LineageGroup", "group_lineages", "lineages_per_group", "stacks"]
 
 
+# lineages per trial at most with ``batch_lineages: auto``: a GPU trial stacks many (one
+# lineage leaves a GPU nearly idle), a CPU trial few (it gains little and holds them in memory)
+AUTO_GROUP_LIMIT = {"cpu": 8, "gpu": 32}
+
+
 def stacks(spec: ExperimentSpec, data: ImageDataset) -> bool:
     """Whether the spec's lineages on ``data`` train as stacked computations."""
-    model = build_model(spec.model, data.image_shape, data.num_classes, 0)
+    return model_stacks(spec, build_model(spec.model, data.image_shape, data.num_classes, 0))
+
+
+def model_stacks(spec: ExperimentSpec, model) -> bool:
+    """Whether lineages of ``model`` (built for the spec) train as stacked computations."""
     return spec.run.batch_lineages != "off" and isinstance(model, FCN)
 
 

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-import yaml
 from pydantic import (
     BaseModel,
     Field,
@@ -34,6 +33,15 @@ from lotterylab.platform.search_space import (
     OTHER_KIND_FIELDS,
     SEARCH_METRICS,
     SearchSpec,
+)
+from lotterylab.platform.spec_bounds import grid_problem, storage_problem
+from lotterylab.platform.spec_yaml import (
+    SpecYAMLError,
+    load_yaml_text,
+    one_line,
+    read_spec_file,
+    resolve_data_paths,
+    shown,
 )
 
 KINDS = ("imp", "pai")
@@ -60,13 +68,13 @@ class TrainingSpec(Strict):
     momentum: Annotated[float, Field(ge=0, lt=1)] = Field(0.0, description="SGD momentum")
     weight_decay: Annotated[float, Field(ge=0)] = Field(0.0, description="L2 weight decay")
     batch_size: Annotated[int, Field(ge=1)] = Field(1000, description="training batch size")
-    steps: Annotated[int, Field(ge=1)] = Field(
+    steps: Annotated[int, Field(ge=1, le=10**8)] = Field(
         100_000, description="optimiser steps of one IMP training (kind imp)"
     )
     rewind_step: Annotated[int, Field(ge=0)] = Field(
         1000, description="step whose weights IMP rewinds to (kind imp)"
     )
-    epochs: Annotated[int, Field(ge=1)] | None = Field(
+    epochs: Annotated[int, Field(ge=1, le=10**4)] | None = Field(
         None, description="epochs of one PaI training (kind pai; required there)"
     )
     lr_drops: list[Annotated[int, Field(ge=1)]] = Field(
@@ -296,8 +304,19 @@ class ExperimentSpec(Strict):
     def _default_kind_section(cls, data: Any) -> Any:
         return _with_defaults(data)
 
+    @field_validator("storage")
+    @classmethod
+    def _leased_storage(cls, value: str) -> str:
+        problem = storage_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentSpec:
+        too_big = grid_problem(self)
+        if too_big:
+            raise ValueError(too_big)
         names = [d.name for d in self.datasets]
         if len(set(names)) != len(names):
             raise ValueError(f"datasets: names must be unique, got {names}")
@@ -713,18 +732,18 @@ def _error_lines(error: ValidationError) -> list[str]:
         if len(loc) >= 2 and loc[0] == "model":
             loc = [p for j, p in enumerate(loc) if j != 1]
         value = item.get("input")
-        shown = repr(value) if not isinstance(value, dict) else "{…}"
+        got = shown(value) if not isinstance(value, dict) else "{…}"
         if item["type"] == "union_tag_invalid":  # name the tag's own key and value
             loc.append(str(item["ctx"]["discriminator"]).strip("'"))
-            shown = repr(item["ctx"]["tag"])
+            got = shown(item["ctx"]["tag"])
         path = ".".join(loc)
-        message = item["msg"].removeprefix("Value error, ")
+        message = one_line(item["msg"].removeprefix("Value error, "))
         if item["type"] == "extra_forbidden":
             message = "unknown key"
         if not path or message.startswith((f"{path}.", f"{path}:")):
             lines.append(f"  {message}")  # cross-field checks name their own key paths
         else:
-            lines.append(f"  {path}: {message} (got {shown})")
+            lines.append(f"  {path}: {message} (got {got})")
     return lines
 
 
@@ -741,7 +760,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> ExperimentSpec:
     if booleans:
         lines = [f"invalid experiment spec {source}:"]
         for path, value in booleans:
-            lines.append(f"  {path}: Input should be a number, not a boolean (got {value!r})")
+            lines.append(f"  {path}: Input should be a number, not a boolean (got {shown(value)})")
         raise SpecError("\n".join(lines))
     try:
         return ExperimentSpec.model_validate(data)
@@ -750,18 +769,22 @@ def parse_spec(data: Any, source: str = "<spec>") -> ExperimentSpec:
 
 
 def load_spec(path: str | Path) -> tuple[ExperimentSpec, str]:
-    """Read and validate a YAML spec; returns the spec and the text as given."""
+    """Read and validate a YAML spec; returns the spec and the text as given.
+
+    Relative data set paths are taken from the spec file's folder and kept absolute.
+    """
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError(f"cannot read experiment spec {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpecError(f"experiment spec {path} is not valid YAML: {exc}") from None
+        text = read_spec_file(path)
+        data = resolve_data_paths(load_yaml_text(text, str(path)), path.resolve().parent)
+    except SpecYAMLError as exc:
+        raise SpecError(str(exc)) from None
     return parse_spec(data, str(path)), text
 
 
 def spec_from_text(text: str, source: str) -> ExperimentSpec:
-    return parse_spec(yaml.safe_load(text), source)
+    try:
+        data = load_yaml_text(text, source)
+    except SpecYAMLError as exc:
+        raise SpecError(str(exc)) from None
+    return parse_spec(data, source)
