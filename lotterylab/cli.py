@@ -146,6 +146,14 @@ def _report_analysis(outcome) -> int:
             )
     for path in outcome.figures:
         print(f"  {path}")
+    if outcome.bad_inputs:
+        print(
+            f"{len(outcome.bad_inputs)} unit(s) read a corrupt or missing artifact:",
+            file=sys.stderr,
+        )
+        for error in outcome.bad_inputs:
+            print(f"  {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if outcome.failed:
         print(f"{len(outcome.failed)} unit(s) failed:", file=sys.stderr)
         for error in outcome.failed:

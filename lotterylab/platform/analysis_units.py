@@ -141,6 +141,7 @@ class UnitResult:
     seconds: float
     pid: int
     error: str | None = None
+    bad_input: bool = False  # failed on a stored input that is missing or corrupt
 
 
 # -- listing -----------------------------------------------------------------------------------
