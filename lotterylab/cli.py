@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from lotterylab.cluster.signals import Interrupted
 from lotterylab.platform.lease import LeaseError
 from lotterylab.platform.spec import SpecError, load_spec, parse_spec
 from lotterylab.platform.store import StoreError, credentials_problem
@@ -217,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"Gaussian clone written to {args.destination} ({written})")
             return 0
+    except Interrupted as stopped:
+        print(f"lotterylab {args.command}: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     except SpecError as error:
         print(error, file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from lotterylab.analysis.report import write_report
 from lotterylab.cluster.connection import connect, disconnect
+from lotterylab.cluster.signals import StopOnSignals
 from lotterylab.platform.data.registry import build_datasets
 from lotterylab.platform.data_artifacts import write_data_artifacts
 from lotterylab.platform.ids import short_hash
@@ -47,11 +48,26 @@ def run_experiment(
     start = time.perf_counter()
     root = storage_root or spec.storage
     store = ExperimentStore(experiment_uri(root, spec.name))
-    with ExperimentLease(store):  # one live writer: a second run of the same spec is refused
-        return _start(spec, spec_text, root, store, address, start)
+    # one live writer: a second run of the same spec is refused
+    with StopOnSignals(store.uri) as stop, ExperimentLease(store):
+        return _start(spec, spec_text, root, store, address, start, stop)
 
 
-def _start(spec, spec_text, root, store, address, start) -> ExperimentOutcome:
+def _fit(address: str | None, make_tuner, stop: StopOnSignals):
+    """Tune's results; :class:`Interrupted` (after Ray is shut down) if a signal stopped it."""
+    connect(address)
+    try:
+        stop.install()  # after ray.init, which sets its own SIGTERM handler
+        tuner = make_tuner()
+        with stop.tune():
+            results = tuner.fit()
+    finally:
+        disconnect()
+    stop.check()  # a stopped run draws no report: it would look complete
+    return results
+
+
+def _start(spec, spec_text, root, store, address, start, stop) -> ExperimentOutcome:
     if search.can_restore(store.uri):
         raise ExperimentError(
             f"experiment {store.uri} already exists: continue it with "
@@ -66,11 +82,7 @@ def _start(spec, spec_text, root, store, address, start) -> ExperimentOutcome:
     store.write_json(RESOLVED_SPEC_FILE, spec.model_dump(mode="json"))
     datasets = build_datasets(spec.datasets)
     write_data_artifacts(spec, datasets, store)
-    connect(address)
-    try:
-        results = search.new_tuner(spec, datasets, root, store.uri).fit()
-    finally:
-        disconnect()
+    results = _fit(address, lambda: search.new_tuner(spec, datasets, root, store.uri), stop)
     return _finish(store, results, start)
 
 
@@ -97,11 +109,11 @@ def existing_experiment(uri: str) -> ExperimentStore:
 def resume_experiment(uri: str, address: str | None = None) -> ExperimentOutcome:
     start = time.perf_counter()
     store = existing_experiment(uri)
-    with ExperimentLease(store):
-        return _resume(store, address, start)
+    with StopOnSignals(store.uri) as stop, ExperimentLease(store):
+        return _resume(store, address, start, stop)
 
 
-def _resume(store: ExperimentStore, address: str | None, start: float) -> ExperimentOutcome:
+def _resume(store: ExperimentStore, address: str | None, start: float, stop) -> ExperimentOutcome:
     spec = load_stored_spec(store)
     if not search.can_restore(store.uri):
         raise ExperimentError(
@@ -110,11 +122,9 @@ def _resume(store: ExperimentStore, address: str | None, start: float) -> Experi
             "start it again with `lotterylab run`"
         )
     datasets = build_datasets(spec.datasets)
-    connect(address)
-    try:
-        results = search.restored_tuner(spec, datasets, store.uri, store.uri).fit()
-    finally:
-        disconnect()
+    results = _fit(
+        address, lambda: search.restored_tuner(spec, datasets, store.uri, store.uri), stop
+    )
     return _finish(store, results, start)
 
 
@@ -171,25 +181,23 @@ def branch_experiment(
     """
     start = time.perf_counter()
     store = existing_experiment(uri)
-    with ExperimentLease(store):
-        return _branch(store, branch, methods, densities, address, start)
+    with StopOnSignals(store.uri) as stop, ExperimentLease(store):
+        return _branch(store, branch, methods, densities, address, start, stop)
 
 
-def _branch(store, branch, methods, densities, address, start) -> ExperimentOutcome:
+def _branch(store, branch, methods, densities, address, start, stop) -> ExperimentOutcome:
     spec = load_stored_spec(store)
     runs = branch_runs(spec, store, branch, methods, densities)
     name = f"branch-{branch}-{short_hash(runs)}"
     datasets = build_datasets(spec.datasets)
-    connect(address)
-    try:
-        branch_uri = store.uri.rstrip("/") + "/" + name
+    branch_uri = store.uri.rstrip("/") + "/" + name
+
+    def make_tuner():
         if search.can_restore(branch_uri):
-            tuner = search.restored_tuner(spec, datasets, branch_uri, store.uri)
-        else:
-            tuner = search.new_tuner(spec, datasets, store.uri, store.uri, name=name, runs=runs)
-        results = tuner.fit()
-    finally:
-        disconnect()
+            return search.restored_tuner(spec, datasets, branch_uri, store.uri)
+        return search.new_tuner(spec, datasets, store.uri, store.uri, name=name, runs=runs)
+
+    results = _fit(address, make_tuner, stop)
     return _finish(store, results, start)
 
 
