@@ -462,7 +462,7 @@ def test_asha_stops_the_lineages_of_a_bad_configuration(
 ):
     # one trial at a time: every lineage reports its round 0 before the next starts, so ASHA
     # decides on the same results in the same order however busy the machine is
-    tiny_spec_dict["run"]["max_concurrent_trials"] = 1
+    tiny_spec_dict["run"].update(max_concurrent_trials=1, batch_lineages="off")
     spec, configurations = asha_search(tiny_spec_dict, "searchasha")
     root = tmp_path / "results"
     store = ExperimentStore(str(root / "searchasha"))
