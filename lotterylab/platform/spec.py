@@ -321,7 +321,7 @@ class ExperimentSpec(Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"datasets: names must be unique, got {names}")
         if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must not repeat, got {self.seeds}")
+            raise ValueError(f"seeds must not repeat, got {shown(self.seeds)}")
         for i, data in enumerate(self.datasets):
             of = getattr(data, "of", None)
             if data.type == "gaussian_clone":
