@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+from lotterylab.cluster.signals import Interrupted
 from lotterylab.platform.lease import LeaseError
 from lotterylab.platform.ready_specs import spec_file
 from lotterylab.platform.spec import SpecError
 from lotterylab.platform.spec_overrides import is_override, load_with_overrides
-from lotterylab.platform.store import StoreError
+from lotterylab.platform.store import StoreError, credentials_problem
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -133,8 +135,11 @@ def _version() -> str:
         return "(not installed)"
 
 
-def _load(arguments: list[str], name: str | None = None):
-    """SPEC (default: the packaged default spec) and its key=value overrides."""
+def _load(arguments: list[str], name: str | None = None, address: str | None = None):
+    """SPEC (default: the packaged default spec) and its key=value overrides, refused if it
+    cannot run here (data paths, a trial's memory)."""
+    from lotterylab.platform.spec_bounds import runnable_problems
+
     path = None
     if arguments and not is_override(arguments[0]):
         path, arguments = arguments[0], arguments[1:]
@@ -142,7 +147,13 @@ def _load(arguments: list[str], name: str | None = None):
         if not is_override(argument):
             raise SpecError(f"{argument!r} is not key=value (only the first argument is a spec)")
     overrides = arguments + ([f"name={name}"] if name else [])
-    return load_with_overrides(spec_file(path), overrides)
+    source = spec_file(path)
+    spec, text = load_with_overrides(source, overrides)
+    local = address is None and not os.environ.get("RAY_ADDRESS")  # else a cluster runs it
+    problems = runnable_problems(spec, on_this_machine=local)
+    if problems:
+        raise SpecError("\n".join([f"invalid experiment spec {source}:", *problems]))
+    return spec, text
 
 
 def _report(outcome) -> int:
@@ -174,6 +185,14 @@ def _report_analysis(outcome) -> int:
             )
     for path in outcome.figures:
         print(f"  {path}")
+    if outcome.bad_inputs:
+        print(
+            f"{len(outcome.bad_inputs)} unit(s) read a corrupt or missing artifact:",
+            file=sys.stderr,
+        )
+        for error in outcome.bad_inputs:
+            print(f"  {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if outcome.failed:
         print(f"{len(outcome.failed)} unit(s) failed:", file=sys.stderr)
         for error in outcome.failed:
@@ -212,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {copy_ready_spec(args.name, args.destination)}")
             return 0
         if args.command == "run":
-            spec, text = _load(args.spec, args.name)
+            spec, text = _load(args.spec, args.name, args.address)
             from lotterylab.cluster.launch import run_experiment
 
             return _report(run_experiment(spec, text, args.storage, args.address))
@@ -271,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"Gaussian clone written to {args.destination} ({written})")
             return 0
+    except Interrupted as stopped:
+        print(f"lotterylab {args.command}: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     except SpecError as error:
         print(error, file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -283,6 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as error:
         print(f"lotterylab {args.command}: {error}", file=sys.stderr)
         return EXIT_FAILED
+    except Exception as error:  # a storage client without credentials is bad input, not a bug
+        problem = credentials_problem(error)
+        if problem is None:
+            raise
+        print(f"lotterylab {args.command}: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return EXIT_FAILED
 
 

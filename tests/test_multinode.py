@@ -97,7 +97,8 @@ class NodeRemover(threading.Thread):
     """Removes the worker node that runs the (only) live trial once ``ready()`` holds, and
     keeps what ``snapshot()`` saw just before."""
 
-    def __init__(self, cluster: Cluster, ready, snapshot, timeout_s: float = 240.0):
+    # the bound is a safety net for a run that never starts a trial, not a deadline
+    def __init__(self, cluster: Cluster, ready, snapshot, timeout_s: float = 900.0):
         super().__init__(daemon=True)
         self.cluster, self.ready, self.snapshot = cluster, ready, snapshot
         self.timeout_s = timeout_s

@@ -240,6 +240,7 @@ def _files_holding(folder: str, needles: list[bytes]) -> dict[bytes, list[str]]:
     return found
 
 
+@pytest.mark.slow
 def test_s3_crash_cycle_through_the_cli_keeps_secrets_out(
     tiny_spec_dict, write_spec, tmp_path, s3_server, s3_bucket
 ):
@@ -291,17 +292,16 @@ def test_s3_crash_cycle_through_the_cli_keeps_secrets_out(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.time() + 180
-        while time.time() < deadline:
+        give_up = time.monotonic() + 900  # a safety net for a hung driver, not a deadline
+        while True:
             listing = s3.list_objects_v2(Bucket=s3_bucket, Prefix=f"prefix/{spec.name}/trial-")
             if any("/checkpoint_" in o["Key"] for o in listing.get("Contents", [])):
                 break
             if driver.poll() is not None:
                 log.seek(0)
                 pytest.fail(f"the driver ended before a checkpoint:\n{log.read()[-3000:]!r}")
+            assert time.monotonic() < give_up, "the driver made no progress at all"
             time.sleep(0.2)
-        else:
-            pytest.fail("no lineage checkpoint in the store within 180 s")
         leftovers |= _descendants(driver.pid)
         # Ray's processes (raylet, GCS, trial workers) never held the secret in their environment
         ray_envs = {pid: _environ(pid) for pid in leftovers}

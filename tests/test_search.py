@@ -411,8 +411,8 @@ def asha_search(tiny_spec_dict, name):
     }
     spec = parse_spec(tiny_spec_dict)
     configurations = optuna_order(spec)
-    # each configuration runs on seed 0 then seed 1; with the bad rate suggested last, four
-    # slots and one round, its lineages start after three others reported, and ASHA stops them
+    # each configuration runs on seed 0 then seed 1, the bad rate last: its lineages reach
+    # ASHA's rung after others reported there, and ASHA stops them
     assert [c["training.lr"] for c in configurations][-1] == BAD_LR
     assert len({c["training.lr"] for c in configurations}) == 4
     return spec, configurations
@@ -456,9 +456,13 @@ def check_ranking(store, experiment, rows):
     return ranked, scored, report
 
 
+@pytest.mark.slow
 def test_asha_stops_the_lineages_of_a_bad_configuration(
     cluster, tiny_spec_dict, tmp_path, write_spec
 ):
+    # one trial at a time: every lineage reports its round 0 before the next starts, so ASHA
+    # decides on the same results in the same order however busy the machine is
+    tiny_spec_dict["run"].update(max_concurrent_trials=1, batch_lineages="off")
     spec, configurations = asha_search(tiny_spec_dict, "searchasha")
     root = tmp_path / "results"
     store = ExperimentStore(str(root / "searchasha"))
@@ -482,6 +486,7 @@ def test_asha_stops_the_lineages_of_a_bad_configuration(
     assert f"| {BAD_LR:.4g} |" in report and "0/2 | 0 (stopped early)" in report
 
 
+@pytest.mark.slow
 def test_optuna_search_with_asha_survives_a_killed_driver(
     cluster, tiny_spec_dict, tmp_path, write_spec
 ):
@@ -497,15 +502,14 @@ def test_optuna_search_with_asha_survives_a_killed_driver(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        checkpoints = glob.glob(store.path("trial-*", "checkpoint_*"))
-        if checkpoints and glob.glob(store.path("experiment_state-*.json")):
-            break
+    give_up = time.monotonic() + 900  # a safety net for a hung driver, not a deadline
+    while not (
+        glob.glob(store.path("trial-*", "checkpoint_*"))
+        and glob.glob(store.path("experiment_state-*.json"))
+    ):
         assert driver.poll() is None, driver.stderr.read().decode()[-3000:]
+        assert time.monotonic() < give_up, "the driver made no progress at all"
         time.sleep(0.1)
-    else:
-        pytest.fail("no trial checkpoint within 120 s")
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     lineages_at_kill = set(store.list("lineages"))

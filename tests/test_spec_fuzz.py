@@ -116,7 +116,9 @@ def candidates(path: str, value, kinds: list, constraints: list) -> list[tuple[s
         found += [("inf", math.inf), ("-inf", -math.inf), ("nan", math.nan)]
         return found + [("out of range", v) for v in out_of_range(value, constraints)]
     if isinstance(value, str):
-        found = [("a number for text", 5), ("a list", ["x"])]
+        found = [("a list", ["x"])]
+        if int not in kinds:  # a field like run.batch_lineages takes a word or a number
+            found.insert(0, ("a number for text", 5))
         if literal:
             found.append(("not one of the allowed words", "zzz"))
         if any(getattr(c, "pattern", None) for c in constraints):

@@ -51,7 +51,7 @@ from lotterylab.platform.data.registry import build_dataset
 from lotterylab.platform.device import trial_device
 from lotterylab.platform.lease import ExperimentLease, LeaseError, LeaseHeldError
 from lotterylab.platform.spec import ExperimentSpec
-from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.store import ExperimentStore, StoreError
 
 FAILED = "failed"
 ANALYSIS_FOLDER = "analysis"
@@ -121,6 +121,16 @@ class AnalysisWorker:
         self._current = (unit.key, start)
         try:
             return self.runner.run(unit, os.getpid())
+        except StoreError as exc:  # a corrupt or missing input: computing again cannot help
+            return UnitResult(
+                unit.key,
+                unit.what,
+                FAILED,
+                time.perf_counter() - start,
+                os.getpid(),
+                str(exc),
+                bad_input=True,
+            )
         except Exception as exc:  # reported with the unit; the other units go on
             return UnitResult(
                 unit.key, unit.what, FAILED, time.perf_counter() - start, os.getpid(), repr(exc)
@@ -220,6 +230,11 @@ class AnalysisOutcome:
     figures: list[str]
     wall_time_s: float
     results: list[UnitResult] = field(default_factory=list)
+
+    @property
+    def bad_inputs(self) -> list[str]:
+        """Failures caused by stored inputs that are corrupt or missing (not by the code)."""
+        return [f"{r.key}: {r.error}" for r in self.results if r.status == FAILED and r.bad_input]
 
 
 def shared_datasets(spec: ExperimentSpec, units: Sequence[AnalysisUnit]) -> dict:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from lotterylab.analysis.report import write_report
 from lotterylab.cluster.connection import connect, disconnect
+from lotterylab.cluster.signals import StopOnSignals
 from lotterylab.platform.data.registry import build_datasets
 from lotterylab.platform.data_artifacts import write_data_artifacts
 from lotterylab.platform.grid_values import match_densities
@@ -49,11 +50,26 @@ def run_experiment(
     start = time.perf_counter()
     root = storage_root or spec.storage
     store = ExperimentStore(experiment_uri(root, spec.name))
-    with ExperimentLease(store):  # one live writer: a second run of the same spec is refused
-        return _start(spec, spec_text, root, store, address, start)
+    # one live writer: a second run of the same spec is refused
+    with StopOnSignals(store.uri) as stop, ExperimentLease(store):
+        return _start(spec, spec_text, root, store, address, start, stop)
 
 
-def _start(spec, spec_text, root, store, address, start) -> ExperimentOutcome:
+def _fit(address: str | None, make_tuner, stop: StopOnSignals):
+    """Tune's results; :class:`Interrupted` (after Ray is shut down) if a signal stopped it."""
+    connect(address)
+    try:
+        stop.install()  # after ray.init, which sets its own SIGTERM handler
+        tuner = make_tuner()
+        with stop.tune():
+            results = tuner.fit()
+    finally:
+        disconnect()
+    stop.check()  # a stopped run draws no report: it would look complete
+    return results
+
+
+def _start(spec, spec_text, root, store, address, start, stop) -> ExperimentOutcome:
     check_tracking(spec)  # an unreachable tracker fails now, before anything is stored
     if search.can_restore(store.uri):
         raise ExperimentError(
@@ -69,11 +85,7 @@ def _start(spec, spec_text, root, store, address, start) -> ExperimentOutcome:
     store.write_json(RESOLVED_SPEC_FILE, spec.model_dump(mode="json"))
     datasets = build_datasets(spec.datasets)
     write_data_artifacts(spec, datasets, store)
-    connect(address)
-    try:
-        results = search.new_tuner(spec, datasets, root, store.uri).fit()
-    finally:
-        disconnect()
+    results = _fit(address, lambda: search.new_tuner(spec, datasets, root, store.uri), stop)
     return _finish(store, results, start)
 
 
@@ -86,14 +98,25 @@ def load_stored_spec(store: ExperimentStore) -> ExperimentSpec:
     return spec_from_text(resolved, store.url(RESOLVED_SPEC_FILE))
 
 
+def existing_experiment(uri: str) -> ExperimentStore:
+    """The store of an experiment that exists; nothing is created when it does not."""
+    store = ExperimentStore(uri)
+    if not store.exists(RESOLVED_SPEC_FILE):
+        raise ExperimentError(
+            f"{store.uri} is not a lotterylab experiment: it has no {RESOLVED_SPEC_FILE} "
+            "(check the URI; `lotterylab run` starts a new experiment)"
+        )
+    return store
+
+
 def resume_experiment(uri: str, address: str | None = None) -> ExperimentOutcome:
     start = time.perf_counter()
-    store = ExperimentStore(uri)
-    with ExperimentLease(store):
-        return _resume(store, address, start)
+    store = existing_experiment(uri)
+    with StopOnSignals(store.uri) as stop, ExperimentLease(store):
+        return _resume(store, address, start, stop)
 
 
-def _resume(store: ExperimentStore, address: str | None, start: float) -> ExperimentOutcome:
+def _resume(store: ExperimentStore, address: str | None, start: float, stop) -> ExperimentOutcome:
     spec = load_stored_spec(store)
     if not search.can_restore(store.uri):
         raise ExperimentError(
@@ -103,11 +126,9 @@ def _resume(store: ExperimentStore, address: str | None, start: float) -> Experi
         )
     datasets = build_datasets(spec.datasets)
     check_tracking(spec)
-    connect(address)
-    try:
-        results = search.restored_tuner(spec, datasets, store.uri, store.uri).fit()
-    finally:
-        disconnect()
+    results = _fit(
+        address, lambda: search.restored_tuner(spec, datasets, store.uri, store.uri), stop
+    )
     return _finish(store, results, start)
 
 
@@ -169,26 +190,26 @@ def branch_experiment(
     selection continues an interrupted branch experiment.
     """
     start = time.perf_counter()
-    store = ExperimentStore(uri)
-    with ExperimentLease(store):
-        return _branch(store, branch, methods, densities, sparsities, address, start)
+    store = existing_experiment(uri)
+    with StopOnSignals(store.uri) as stop, ExperimentLease(store):
+        return _branch(store, branch, methods, densities, sparsities, address, start, stop)
 
 
-def _branch(store, branch, methods, densities, sparsities, address, start) -> ExperimentOutcome:
+def _branch(
+    store, branch, methods, densities, sparsities, address, start, stop
+) -> ExperimentOutcome:
     spec = load_stored_spec(store)
     runs = branch_runs(spec, store, branch, methods, densities, sparsities)
     name = f"branch-{branch}-{short_hash(runs)}"
     datasets = build_datasets(spec.datasets)
-    connect(address)
-    try:
-        branch_uri = store.uri.rstrip("/") + "/" + name
+    branch_uri = store.uri.rstrip("/") + "/" + name
+
+    def make_tuner():
         if search.can_restore(branch_uri):
-            tuner = search.restored_tuner(spec, datasets, branch_uri, store.uri)
-        else:
-            tuner = search.new_tuner(spec, datasets, store.uri, store.uri, name=name, runs=runs)
-        results = tuner.fit()
-    finally:
-        disconnect()
+            return search.restored_tuner(spec, datasets, branch_uri, store.uri)
+        return search.new_tuner(spec, datasets, store.uri, store.uri, name=name, runs=runs)
+
+    results = _fit(address, make_tuner, stop)
     return _finish(store, results, start)
 
 

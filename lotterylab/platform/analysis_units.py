@@ -154,6 +154,7 @@ class UnitResult:
     pid: int
     error: str | None = None
     device: str | None = None  # where the unit was computed (None: not computed here)
+    bad_input: bool = False  # failed on a stored input that is missing or corrupt
 
 
 # -- listing -----------------------------------------------------------------------------------

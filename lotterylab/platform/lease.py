@@ -224,6 +224,13 @@ class _S3Backend:
         self.fs = store.fs
         self.path = store.path(LEASE_FILE)
         self.bucket, self.key, _ = self.fs.split_path(self.path)
+        try:  # else a missing bucket reads as a lease that keeps changing
+            self.fs.call_s3("head_bucket", Bucket=self.bucket)
+        except FileNotFoundError as exc:
+            raise LeaseError(
+                f"cannot hold a writer lease on {store.uri}: bucket {self.bucket!r} was not "
+                "found; create it first or check the URI"
+            ) from exc
 
     @contextlib.contextmanager
     def guard(self):

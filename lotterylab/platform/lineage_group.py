@@ -20,6 +20,11 @@ from lotterylab.platform.spec import ExperimentSpec
 __all__ = ["LineageGroup", "group_lineages", "lineages_per_group", "stacks"]
 
 
+# lineages per trial at most with ``batch_lineages: auto``: a GPU trial stacks many (one
+# lineage leaves a GPU nearly idle), a CPU trial few (it gains little and holds them in memory)
+AUTO_GROUP_LIMIT = {"cpu": 8, "gpu": 32}
+
+
 def stacks(spec: ExperimentSpec) -> bool:
     """Whether the spec's lineages train as stacked computations."""
     return spec.run.batch_lineages != "off" and model_entry(spec.model).stacks

@@ -11,11 +11,13 @@ from __future__ import annotations
 import copy
 import difflib
 import re
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from lotterylab.platform.spec import ExperimentSpec, SpecError, load_spec, parse_spec
+from lotterylab.platform.spec_yaml import load_yaml_text, resolve_data_paths
 
 # a dotted path of identifiers and list indices, starting with an identifier
 _PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
@@ -131,5 +133,6 @@ def load_with_overrides(path, overrides: list[str]) -> tuple[ExperimentSpec, str
     spec, text = load_spec(path)
     if not overrides:
         return spec, text
-    spec, changed = apply_overrides(yaml.safe_load(text), overrides, str(path))
+    data = resolve_data_paths(load_yaml_text(text, str(path)), Path(path).resolve().parent)
+    spec, changed = apply_overrides(data, overrides, str(path))
     return spec, overridden_text(text, changed, overrides, str(path))

@@ -38,6 +38,32 @@ class StoreError(RuntimeError):
     """An artifact is missing, unfinished or corrupt."""
 
 
+# what each object store's client raises when it finds no credentials, and what to set
+_CREDENTIAL_ERRORS = {
+    "NoCredentialsError": "s3",
+    "PartialCredentialsError": "s3",
+    "DefaultCredentialsError": "gs",
+    "RefreshError": "gs",
+}
+_CREDENTIAL_ADVICE = {
+    "s3": "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or give the "
+    "machine an IAM role); for an S3-compatible server also AWS_ENDPOINT_URL",
+    "gs": "set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file (or run "
+    "`gcloud auth application-default login`)",
+}
+
+
+def credentials_problem(error: BaseException) -> str | None:
+    """What to set when ``error`` (or its cause) says a storage client found no credentials."""
+    seen = 0
+    while error is not None and seen < 10:
+        kind = _CREDENTIAL_ERRORS.get(type(error).__name__)
+        if kind is not None:
+            return f"no credentials for {kind}:// storage ({error}): {_CREDENTIAL_ADVICE[kind]}"
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
+
+
 def normalise_uri(uri: str) -> str:
     """Absolute local paths for bare paths; URIs with a scheme are kept as given."""
     if "://" in uri:
@@ -138,13 +164,34 @@ class ExperimentStore:
 
     def read_tensors(self, rel: str) -> dict[str, torch.Tensor]:
         data = self.read_artifact(rel)
-        return torch.load(io.BytesIO(data), weights_only=True)
+        try:
+            tensors = torch.load(io.BytesIO(data), weights_only=True)
+        except Exception as exc:  # hostile bytes can fail anywhere in the zip or pickle reader
+            raise StoreError(
+                f"artifact {self.url(rel)} matches its checksum but is not a tensor file "
+                f"torch.load(weights_only=True) can read ({type(exc).__name__}); "
+                "delete it and its .sha256 so it is computed again"
+            ) from exc
+        if not isinstance(tensors, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()
+        ):
+            raise StoreError(
+                f"artifact {self.url(rel)} holds a {type(tensors).__name__}, not a mapping of "
+                "names to tensors; delete it and its .sha256 so it is computed again"
+            )
+        return tensors
 
     def write_json(self, rel: str, obj: Any) -> str:
         return self.write_artifact(rel, json.dumps(obj, indent=2, sort_keys=True).encode())
 
     def read_json(self, rel: str) -> Any:
-        return json.loads(self.read_artifact(rel))
+        data = self.read_artifact(rel)
+        try:
+            return json.loads(data)
+        except ValueError as exc:  # not UTF-8, or not JSON
+            raise StoreError(
+                f"artifact {self.url(rel)} matches its checksum but is not JSON ({exc})"
+            ) from exc
 
     # -- tables --------------------------------------------------------------------------
     def write_rows(self, table: str, lineage_id: str, part: str, rows: list[dict]) -> str:

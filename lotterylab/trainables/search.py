@@ -31,7 +31,12 @@ from ray.tune.search.optuna import OptunaSearch
 from lotterylab.platform.data.dataset import ImageDataset
 from lotterylab.platform.ids import canonical_json
 from lotterylab.platform.imp import LineageConfig
-from lotterylab.platform.lineage_group import group_lineages, lineages_per_group, stacks
+from lotterylab.platform.lineage_group import (
+    AUTO_GROUP_LIMIT,
+    group_lineages,
+    lineages_per_group,
+    stacks,
+)
 from lotterylab.platform.pai import pai_grid
 from lotterylab.platform.spec import Distribution, ExperimentSpec
 from lotterylab.platform.store import normalise_uri
@@ -40,9 +45,6 @@ from lotterylab.trainables.pai_run import PaIRunTrainable, pai_config
 
 TRAINABLES = {"imp": IMPLineageTrainable, "pai": PaIRunTrainable}
 SEARCH_KEY = "search"  # a trial config's sampled values, {dotted key path: value}
-# lineages per trial at most with ``batch_lineages: auto``: a GPU trial stacks many (one
-# lineage leaves a GPU nearly idle), a CPU trial few (it gains little and holds them in memory)
-AUTO_GROUP_LIMIT = {"cpu": 8, "gpu": 32}
 
 
 def tune_storage(uri: str) -> tuple[str, pyarrow.fs.FileSystem | None]:

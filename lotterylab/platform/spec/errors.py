@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
+from lotterylab.platform.spec_yaml import one_line, shown
+
 
 class SpecError(ValueError):
     """A spec that cannot be run; the message names the key path, the value and what is allowed."""
@@ -97,22 +99,22 @@ def error_lines(error: ValidationError) -> list[str]:
         if len(loc) >= 2 and loc[0] == "model":
             loc = [p for j, p in enumerate(loc) if j != 1]
         value = item.get("input")
-        shown = repr(value) if not isinstance(value, dict) else "{…}"
+        got = shown(value) if not isinstance(value, dict) else "{…}"
         if item["type"] == "union_tag_invalid":  # name the tag's own key and value
             loc.append(str(item["ctx"]["discriminator"]).strip("'"))
-            shown = repr(item["ctx"]["tag"])
+            got = shown(item["ctx"]["tag"])
         path = ".".join(loc)
-        message = item["msg"].removeprefix("Value error, ")
+        message = one_line(item["msg"].removeprefix("Value error, "))
         if item["type"] == "extra_forbidden":
             message = "unknown key"
         field, _, rest = message.partition(": ")
         if isinstance(value, dict) and rest and field.isidentifier() and field in value:
             # a section's own check names its field first: join it to the section's path
-            path, message, shown = f"{path}.{field}" if path else field, rest, repr(value[field])
+            path, message, got = f"{path}.{field}" if path else field, rest, shown(value[field])
         if not path or message.startswith((f"{path}.", f"{path}:")):
             lines.append(f"  {message}")  # cross-field checks name their own key paths
         else:
-            lines.append(f"  {path}: {message} (got {shown})")
+            lines.append(f"  {path}: {message} (got {got})")
     return lines
 
 

@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from lotterylab.platform.data.registry import (
     DataContext,
@@ -46,6 +46,8 @@ from lotterylab.platform.spec.sections import (
     RunSpec,
     TrainingSpec,
 )
+from lotterylab.platform.spec_bounds import grid_problem, storage_problem
+from lotterylab.platform.spec_yaml import shown
 from lotterylab.platform.tracking.spec import TrackingSpec
 
 KINDS = ("imp", "pai")
@@ -84,13 +86,24 @@ class ExperimentSpec(Strict):
     def _default_kind_section(cls, data: Any) -> Any:
         return with_defaults(data)
 
+    @field_validator("storage")
+    @classmethod
+    def _leased_storage(cls, value: str) -> str:
+        problem = storage_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentSpec:
+        too_big = grid_problem(self)
+        if too_big:
+            raise ValueError(too_big)
         names = [d.name for d in self.datasets]
         if len(set(names)) != len(names):
             raise ValueError(f"datasets: names must be unique, got {names}")
         if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must not repeat, got {self.seeds}")
+            raise ValueError(f"seeds must not repeat, got {shown(self.seeds)}")
         check_sources(self.datasets)
         self._check_data()
         other = "pai" if self.kind == "imp" else "imp"
@@ -219,25 +232,25 @@ class ExperimentSpec(Strict):
             )
 
     # -- facts about the data sets, known before they are built --------------------------
-    def _facts(self, name: str):
+    def data_facts(self, name: str):
         """The spec whose facts data set ``name`` has (a derived set's source)."""
         return DataContext(self.datasets).facts_of(name)
 
     def train_size(self, name: str) -> int | None:
         """Training images of a data set: declared, or the published size; None if unknown."""
-        return data_train_size(self._facts(name))
+        return data_train_size(self.data_facts(name))
 
     def num_classes(self, name: str) -> int | None:
-        facts = self._facts(name)
+        facts = self.data_facts(name)
         return source(facts).num_classes(facts)
 
     def image_shape(self, name: str) -> tuple[int, int, int] | None:
-        facts = self._facts(name)
+        facts = self.data_facts(name)
         return source(facts).image_shape(facts)
 
     def data_task(self, name: str) -> str:
         """``classification`` or ``segmentation`` (label maps)."""
-        return source(self._facts(name)).task
+        return source(self.data_facts(name)).task
 
     # -- searches ------------------------------------------------------------------------
     def searchable_fields(self) -> dict[str, str]:

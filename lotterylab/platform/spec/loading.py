@@ -6,11 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from lotterylab.platform.spec.errors import SpecError, format_errors, model_booleans
 from lotterylab.platform.spec.experiment import ExperimentSpec, with_defaults
+from lotterylab.platform.spec_yaml import (
+    SpecYAMLError,
+    load_yaml_text,
+    read_spec_file,
+    resolve_data_paths,
+    shown,
+)
 
 
 def parse_spec(data: Any, source: str = "<spec>") -> ExperimentSpec:
@@ -22,7 +28,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> ExperimentSpec:
     if booleans:
         lines = [f"invalid experiment spec {source}:"]
         for path, value in booleans:
-            lines.append(f"  {path}: Input should be a number, not a boolean (got {value!r})")
+            lines.append(f"  {path}: Input should be a number, not a boolean (got {shown(value)})")
         raise SpecError("\n".join(lines))
     try:
         return ExperimentSpec.model_validate(data)
@@ -31,18 +37,22 @@ def parse_spec(data: Any, source: str = "<spec>") -> ExperimentSpec:
 
 
 def load_spec(path: str | Path) -> tuple[ExperimentSpec, str]:
-    """Read and validate a YAML spec; returns the spec and the text as given."""
+    """Read and validate a YAML spec; returns the spec and the text as given.
+
+    Relative data set paths are taken from the spec file's folder and kept absolute.
+    """
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError(f"cannot read experiment spec {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpecError(f"experiment spec {path} is not valid YAML: {exc}") from None
+        text = read_spec_file(path)
+        data = resolve_data_paths(load_yaml_text(text, str(path)), path.resolve().parent)
+    except SpecYAMLError as exc:
+        raise SpecError(str(exc)) from None
     return parse_spec(data, str(path)), text
 
 
 def spec_from_text(text: str, source: str) -> ExperimentSpec:
-    return parse_spec(yaml.safe_load(text), source)
+    try:
+        data = load_yaml_text(text, source)
+    except SpecYAMLError as exc:
+        raise SpecError(str(exc)) from None
+    return parse_spec(data, source)

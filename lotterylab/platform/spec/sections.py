@@ -30,13 +30,13 @@ class TrainingSpec(Strict):
     momentum: Annotated[float, Field(ge=0, lt=1)] = Field(0.0, description="SGD momentum")
     weight_decay: Annotated[float, Field(ge=0)] = Field(0.0, description="L2 weight decay")
     batch_size: Annotated[int, Field(ge=1)] = Field(1000, description="training batch size")
-    steps: Annotated[int, Field(ge=1)] = Field(
+    steps: Annotated[int, Field(ge=1, le=10**8)] = Field(
         100_000, description="optimiser steps of one IMP training (kind imp)"
     )
     rewind_step: Annotated[int, Field(ge=0)] = Field(
         1000, description="step whose weights IMP rewinds to (kind imp)"
     )
-    epochs: Annotated[int, Field(ge=1)] | None = Field(
+    epochs: Annotated[int, Field(ge=1, le=10**4)] | None = Field(
         None, description="epochs of one PaI training (kind pai; required there)"
     )
     lr_drops: list[Annotated[int, Field(ge=1)]] = Field(
