@@ -1,4 +1,4 @@
-"""Lottery-ticket branches of IMP lineages through real Ray Tune: CLI, rows, report, kill, resume."""
+"""Lottery-ticket branches of IMP lineages through real Ray Tune: CLI, rows, report, resume."""
 
 import os
 import signal
@@ -28,7 +28,9 @@ def test_branches_of_an_imp_experiment_from_the_cli_survive_a_killed_driver(
     spec = parse_spec(tiny_spec_dict)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     try:
-        outcome = run_experiment(spec, "name: tickets\n", str(tmp_path / "results"), cluster.address)
+        outcome = run_experiment(
+            spec, "name: tickets\n", str(tmp_path / "results"), cluster.address
+        )
         assert outcome.errored_trials == []
         store = ExperimentStore(outcome.uri)
         parents = {r["lineage_id"] for r in store.read_table("rounds").to_pylist()}
