@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from lotterylab.cluster.signals import Interrupted
 from lotterylab.platform.lease import LeaseError
@@ -71,10 +72,20 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     branch = commands.add_parser(
-        "branch", help="sanity-check branches (reinit, shuffle, invert) of stored PaI runs"
+        "branch",
+        help="branches of stored runs: PaI sanity checks (reinit, shuffle, invert) or IMP "
+        "lottery-ticket controls (reinit, random_prune, rewind) of round N's ticket",
     )
-    branch.add_argument("experiment", help="experiment URI of the parent runs")
-    branch.add_argument("--kind", required=True, help="reinit, shuffle or invert")
+    branch.add_argument("experiment", help="experiment URI of the parent runs or lineages")
+    branch.add_argument(
+        "--kind",
+        required=True,
+        help="PaI: reinit, shuffle, invert; IMP: reinit, random_prune, rewind",
+    )
+    branch.add_argument("--round", type=int, help="IMP: the round whose ticket is branched")
+    branch.add_argument(
+        "--rewind-step", type=int, help="IMP rewind branches: the step S to rewind to (0: init)"
+    )
     branch.add_argument("--method", action="append", help="only these methods (repeatable)")
     branch.add_argument(
         "--density",
@@ -85,6 +96,25 @@ def _parser() -> argparse.ArgumentParser:
         "--sparsity", action="append", help="only this sparsity in percent (repeatable): 98.2"
     )
     branch.add_argument("--address", help="Ray cluster address; default: embedded")
+
+    export = commands.add_parser(
+        "export",
+        help="write a stored ticket (IMP lineage round) or PaI model as a state dict for "
+        "torch.nn.utils.prune (torch_prune) or with zeros (dense)",
+    )
+    export.add_argument("experiment", help="experiment URI")
+    source = export.add_mutually_exclusive_group(required=True)
+    source.add_argument("--lineage", help="IMP lineage id (with --method and --round)")
+    source.add_argument("--run", help="PaI run id")
+    export.add_argument("--method", default="imp", help="IMP method (default imp)")
+    export.add_argument("--round", type=int, help="IMP round whose ticket is exported")
+    export.add_argument(
+        "--weights",
+        default="trained",
+        help="IMP: rewind (θ(t_rewind)) or trained (θ(T)); PaI: init or trained; default trained",
+    )
+    export.add_argument("--format", default="torch_prune", help="torch_prune (default) or dense")
+    export.add_argument("-o", "--output", required=True, help="file to write (torch.save)")
 
     data = commands.add_parser("data", help="data set tools")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -202,6 +232,33 @@ def _report_analysis(outcome) -> int:
     return 0
 
 
+def _export(args) -> int:
+    import torch
+
+    from lotterylab.analysis.experiment import open_experiment
+    from lotterylab.platform.export import export_state
+
+    experiment = open_experiment(args.experiment)
+    if args.lineage is not None:
+        if args.round is None:
+            raise ValueError("--lineage needs --round N (the round whose ticket is exported)")
+        model = experiment.ticket(args.lineage, args.method, args.round, args.weights)
+        masks = experiment.masks(args.lineage, args.method, args.round)
+        what = f"lineage {args.lineage}, method {args.method}, round {args.round}"
+    else:
+        model = experiment.pai_model(args.run, args.weights)
+        masks = experiment.run_masks(args.run)
+        what = f"PaI run {args.run}"
+    state = export_state(model, masks, args.format)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f".{output.name}.partial")
+    torch.save(state, partial)
+    partial.replace(output)  # a reader never sees a half-written file
+    print(f"{what} ({args.weights} weights, {args.format}) written to {output}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -264,9 +321,18 @@ def main(argv: list[str] | None = None) -> int:
             from lotterylab.cluster.launch import branch_experiment
 
             outcome = branch_experiment(
-                args.experiment, args.kind, args.method, args.density, args.address, args.sparsity
+                args.experiment,
+                args.kind,
+                args.method,
+                args.density,
+                args.address,
+                args.sparsity,
+                round=args.round,
+                rewind_step=args.rewind_step,
             )
             return _report(outcome)
+        if args.command == "export":
+            return _export(args)
         if args.command == "data" and args.data_command == "download":
             from lotterylab.platform.data.download import download
 

@@ -13,11 +13,16 @@ from typing import Any
 
 import pandas as pd
 import torch
+from torch import nn
 
+from lotterylab.platform.imp import IMP, trained_path
 from lotterylab.platform.masks import mask_after_round
+from lotterylab.platform.models import apply_masks, build_model, output_layer_name
+from lotterylab.platform.spec import parse_spec
 from lotterylab.platform.store import ExperimentStore, StoreError
 from lotterylab.platform.tables import (
     CAVITY_TABLE,
+    IMP_BRANCHES_TABLE,
     KURTOSIS_TABLE,
     PAI_EPOCHS_TABLE,
     PAI_MASKS_TABLE,
@@ -27,11 +32,21 @@ from lotterylab.platform.tables import (
 
 RESOLVED_SPEC = "spec.resolved.json"
 SEARCH_VALUES = "search.json"  # a search's sampled values, in each lineage's or run's folder
-TABLE_ORDER = (ROUNDS_TABLE, KURTOSIS_TABLE, CAVITY_TABLE, PAI_EPOCHS_TABLE, PAI_MASKS_TABLE)
+TABLE_ORDER = (
+    ROUNDS_TABLE,
+    KURTOSIS_TABLE,
+    CAVITY_TABLE,
+    IMP_BRANCHES_TABLE,
+    PAI_EPOCHS_TABLE,
+    PAI_MASKS_TABLE,
+)
+TICKET_WEIGHTS = ("rewind", "trained")
+PAI_WEIGHTS = ("init", "trained")
 _LINEAGE_ORDER = ["dataset", "method", "seed"]
 _PAI_ORDER = ["model", "dataset", "method", "rounds", "branch", "density", "seed"]
 ROW_ORDERS: dict[str, list[str]] = {
     ROUNDS_TABLE: [*_LINEAGE_ORDER, "round", "lineage_id"],
+    IMP_BRANCHES_TABLE: [*_LINEAGE_ORDER, "round", "branch", "lineage_id"],
     KURTOSIS_TABLE: [*_LINEAGE_ORDER, "round", "lineage_id"],
     CAVITY_TABLE: [*_LINEAGE_ORDER, "evaluated_at_round", "removed_at_round", "lineage_id"],
     PAI_EPOCHS_TABLE: [*_PAI_ORDER, "epoch", "run_id"],
@@ -90,6 +105,9 @@ class NamedTables:
 
     def cavity(self) -> pd.DataFrame:
         return self.table(CAVITY_TABLE)
+
+    def imp_branches(self) -> pd.DataFrame:
+        return self.table(IMP_BRANCHES_TABLE)
 
     def pai_epochs(self) -> pd.DataFrame:
         return self.table(PAI_EPOCHS_TABLE)
@@ -271,6 +289,69 @@ class Experiment(NamedTables):
     def run_masks(self, run_id: str) -> dict[str, torch.Tensor]:
         """The bool masks a PaI run trained under, per prunable tensor."""
         return self._tensors(f"runs/{run_id}/masks.pt", f"masks of PaI run {run_id!r}")
+
+    # -- models --------------------------------------------------------------------------
+    def ticket(
+        self, lineage_id: str, method: str, round: int, weights: str = "rewind"
+    ) -> nn.Module:
+        """Round ``round``'s ticket of a lineage's method as a model, its mask applied.
+
+        ``rewind``: θ(t_rewind) ⊙ m, the ticket the round trains; ``trained``: θ(T) ⊙ m, the
+        model the round trained (round 0 is the dense net every method shares). In eval mode.
+        """
+        what = f"lineage {lineage_id!r}, method {method!r}, round {round!r}"
+        if weights not in TICKET_WEIGHTS:
+            raise ValueError(f"{what}: weights {weights!r} is not one of {list(TICKET_WEIGHTS)}")
+        info = self.lineage(lineage_id)
+        methods = info.get("methods") or []
+        if method not in methods:
+            raise ValueError(f"{what}: the lineage's methods are {methods}")
+        last = info.get("last_round")
+        if isinstance(round, bool) or not isinstance(round, int) or not 0 <= round <= last:
+            raise ValueError(f"{what}: the lineage's finished rounds are 0..{last}")
+        masks = self.masks(lineage_id, method, round)
+        if weights == "rewind":
+            rel = f"lineages/{lineage_id}/rewind.pt"
+        else:
+            rel = trained_path(lineage_id, method if round > 0 else IMP, round)
+        state = self._tensors(rel, f"{weights} weights of {what}")
+        return self._model(state, masks, info, lineage_id, rel)
+
+    def pai_model(self, run_id: str, weights: str = "init") -> nn.Module:
+        """A PaI run's model with its mask applied: at initialisation (pruned) or trained."""
+        if weights not in PAI_WEIGHTS:
+            raise ValueError(
+                f"PaI run {run_id!r}: weights {weights!r} is not one of {list(PAI_WEIGHTS)}"
+            )
+        info = self.run(run_id)
+        rel = f"runs/{run_id}/{weights}.pt"
+        state = self._tensors(rel, f"{weights} weights of PaI run {run_id!r}")
+        return self._model(state, self.run_masks(run_id), info, run_id, rel)
+
+    def _model(self, state, masks, info: dict, source_id: str, rel: str) -> nn.Module:
+        """The spec's model (the search's values of ``source_id`` applied) holding ``state``."""
+        if not self.spec:
+            raise MissingArtifactError(f"{self.store.url(RESOLVED_SPEC)} is not in the store")
+        spec = parse_spec(self.spec, self.store.url(RESOLVED_SPEC))
+        spec = spec.with_values(self.search_values().get(source_id))
+        shape = info.get("image_shape")
+        if not isinstance(shape, list) or len(shape) != 3:
+            raise StoreError(f"{source_id}: image_shape {shape!r} is not [C, H, W]")
+        probe = build_model(spec.model, tuple(shape), 2, 0)
+        output = state.get(output_layer_name(probe))
+        if not isinstance(output, torch.Tensor) or output.dim() < 1:
+            raise StoreError(
+                f"{self.store.url(rel)} has no classifier weight {output_layer_name(probe)!r}"
+            )
+        model = build_model(spec.model, tuple(shape), int(output.shape[0]), 0)
+        try:
+            model.load_state_dict(state)
+            apply_masks(model, masks)
+        except (RuntimeError, ValueError) as error:
+            raise StoreError(
+                f"{self.store.url(rel)} does not fit {spec.model.name}: {error}"
+            ) from error
+        return model.eval()
 
 
 class ExperimentSet(NamedTables):

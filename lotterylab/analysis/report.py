@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from lotterylab.analysis.aggregate import aggregate_over_seeds
+from lotterylab.analysis.branches import branch_sections
 from lotterylab.analysis.experiment import (
     Experiment,
     ExperimentSet,
@@ -40,6 +41,7 @@ from lotterylab.analysis.paper2 import pai_sections
 from lotterylab.analysis.searches import best_ids, only_ids, search_section, search_table
 from lotterylab.analysis.sections import Section
 from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.tables import IMP_BRANCHES_TABLE
 
 FIGURES = "figures"
 COMPARE = "figures/compare"
@@ -128,7 +130,10 @@ def experiment_sections(experiment: Experiment) -> list[Section]:
         only_ids(table, "lineage_id", best)
         for table in (experiment.rounds(), experiment.kurtosis(), experiment.cavity())
     )
-    return sections + imp_sections(rounds, kurtosis, cavity, experiment)
+    sections += imp_sections(rounds, kurtosis, cavity, experiment)
+    if IMP_BRANCHES_TABLE in experiment.tables():
+        sections += branch_sections(experiment.rounds(), experiment.imp_branches())
+    return sections
 
 
 def pai_rows(rows: pd.DataFrame, runs: set[str]) -> pd.DataFrame:

@@ -13,12 +13,14 @@ from lotterylab.platform.data.registry import build_datasets
 from lotterylab.platform.data_artifacts import write_data_artifacts
 from lotterylab.platform.grid_values import match_densities
 from lotterylab.platform.ids import short_hash
+from lotterylab.platform.imp_branches import BRANCH_KINDS
 from lotterylab.platform.lease import ExperimentLease
 from lotterylab.platform.pai import BRANCHES, PaIConfig, pai_grid
 from lotterylab.platform.spec import ExperimentSpec, spec_from_text
 from lotterylab.platform.store import ExperimentStore, normalise_uri
 from lotterylab.platform.tracking import check_tracking, track_summary
 from lotterylab.trainables import search
+from lotterylab.trainables.imp_branch import imp_branch_config
 
 SPEC_FILE = "spec.yaml"
 RESOLVED_SPEC_FILE = "spec.resolved.json"
@@ -175,6 +177,41 @@ def branch_runs(
     return runs
 
 
+def imp_branch_runs(
+    spec: ExperimentSpec,
+    store: ExperimentStore,
+    kind: str,
+    round: int | None,
+    rewind_step: int | None = None,
+) -> list[dict]:
+    """One lottery-ticket branch per lineage of the experiment that has pruned up to ``round``."""
+    if round is None:
+        raise ExperimentError(f"--round N is needed for IMP branches (1..{spec.imp.rounds})")
+    if spec.search is not None:
+        raise ExperimentError(
+            f"{store.uri} is a search: branches apply to the lineages of a grid in this version "
+            "(a searched lineage's id depends on its sampled values)"
+        )
+    runs = []
+    for member in search.lineage_members(spec):
+        run = {**member, "kind": kind, "round": round, "rewind_step": rewind_step}
+        try:
+            config = imp_branch_config(spec, spec.name, run)
+        except ValueError as error:
+            raise ExperimentError(f"--kind {kind} --round {round}: {error}") from error
+        rel = f"lineages/{config.parent_id}/lineage.json"
+        if not store.exists(rel + ".sha256"):
+            continue  # the lineage has not finished a round yet
+        if store.read_json(rel).get("last_round", -1) >= round - 1:
+            runs.append(run)
+    if not runs:
+        raise ExperimentError(
+            f"no lineage of {store.uri} has pruned its round-{round} mask yet: "
+            f"resume the experiment first (`lotterylab resume {store.uri}`)"
+        )
+    return runs
+
+
 def branch_experiment(
     uri: str,
     branch: str,
@@ -182,31 +219,54 @@ def branch_experiment(
     densities: list[str | float] | None = None,
     address: str | None = None,
     sparsities: list[str | float] | None = None,
+    round: int | None = None,
+    rewind_step: int | None = None,
 ) -> ExperimentOutcome:
-    """Launch (or continue) sanity-check branches of stored runs without recomputing them.
+    """Launch (or continue) branches of stored runs or lineages without recomputing them.
 
-    The branch runs form their own Tune experiment inside the parent's folder; their rows go
-    to the parent's tables with ``branch`` and ``parent_id`` set. Calling it again with the same
-    selection continues an interrupted branch experiment.
+    PaI runs take the sanity-check branches (``BRANCHES``), IMP lineages the lottery-ticket
+    branches of round ``round``'s ticket (``BRANCH_KINDS``). The branches form their own Tune
+    experiment inside the parent's folder; their rows go to the parent's tables with
+    ``branch`` and ``parent_id`` set. Calling it again with the same selection continues an
+    interrupted branch experiment.
     """
     start = time.perf_counter()
     store = existing_experiment(uri)
     with StopOnSignals(store.uri) as stop, ExperimentLease(store):
-        return _branch(store, branch, methods, densities, sparsities, address, start, stop)
+        spec = load_stored_spec(store)
+        if spec.kind == "imp":
+            if methods or densities or sparsities:
+                raise ExperimentError(
+                    "--method, --density and --sparsity select PaI runs; IMP branches take "
+                    "--round (and --rewind-step)"
+                )
+            if branch not in BRANCH_KINDS:
+                raise ExperimentError(
+                    f"--kind {branch!r} is not one of {list(BRANCH_KINDS)} (IMP lineages)"
+                )
+            runs = imp_branch_runs(spec, store, branch, round, rewind_step)
+        else:
+            if round is not None or rewind_step is not None:
+                raise ExperimentError(
+                    "--round and --rewind-step select IMP tickets; PaI branches take --method "
+                    "and --density (or --sparsity)"
+                )
+            runs = branch_runs(spec, store, branch, methods, densities, sparsities)
+        return _branch(store, spec, branch, runs, address, start, stop)
 
 
-def _branch(
-    store, branch, methods, densities, sparsities, address, start, stop
-) -> ExperimentOutcome:
-    spec = load_stored_spec(store)
-    runs = branch_runs(spec, store, branch, methods, densities, sparsities)
+def _branch(store, spec, branch, runs, address, start, stop) -> ExperimentOutcome:
     name = f"branch-{branch}-{short_hash(runs)}"
     datasets = build_datasets(spec.datasets)
     branch_uri = store.uri.rstrip("/") + "/" + name
+    imp = spec.kind == "imp"
 
     def make_tuner():
         if search.can_restore(branch_uri):
-            return search.restored_tuner(spec, datasets, branch_uri, store.uri)
+            cls = search.IMPBranchTrainable if imp else None
+            return search.restored_tuner(spec, datasets, branch_uri, store.uri, cls)
+        if imp:
+            return search.new_imp_branch_tuner(spec, datasets, store.uri, name, runs)
         return search.new_tuner(spec, datasets, store.uri, store.uri, name=name, runs=runs)
 
     results = _fit(address, make_tuner, stop)

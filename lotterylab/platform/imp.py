@@ -61,7 +61,7 @@ from lotterylab.platform.training import evaluate
 
 IMP = "imp"
 
-__all__ = ["IMP", "IMPLineage", "LineageConfig", "derived_seed"]
+__all__ = ["IMP", "IMPLineage", "LineageConfig", "derived_seed", "trained_path"]
 
 
 @dataclass(frozen=True)
@@ -202,6 +202,10 @@ class IMPLineage:
                 evaluation = self._evaluate(training.model)
                 seconds = training.seconds + time.perf_counter() - start
                 results[training.method] = (evaluation, trained, seconds)
+        for training in trainings:  # the ticket θ(T) ⊙ m, taken elsewhere by ``export``
+            self.store.write_tensors(
+                trained_path(self.id, training.method, n), training.model.state_dict()
+            )
         rows = []
         for method, (evaluation, _, elapsed) in results.items():
             masks = mk.masks_after_round(self.removal_rounds[method], n - 1)
@@ -271,24 +275,26 @@ class IMPLineage:
         return weight.to(self.device), mask
 
     def _write_kurtosis(self, n: int) -> None:
+        for method in self.methods:
+            row = {**self._identity_columns(method), "round": n, **self._kurtosis(method, n)}
+            self.store.write_rows(KURTOSIS_TABLE, self.id, f"round-{n:04d}-{method}", [row])
+
+    def _kurtosis(self, method: str, n: int) -> dict:
+        """Kurtosis at θ(t_rewind) ⊙ the mask round ``n`` trains: per-unit artifact, row columns."""
         count = min(self.data.size("train"), self.imp.measure_samples)
         labels = self.data.train_y[:count].to(self.device)
-        for method in self.methods:
-            weight, mask = self._rewind_first_layer(method, n)
-            kurtosis = preactivation_kurtosis(
-                weight, self._first_layer_inputs(), labels=labels, num_classes=self.data.num_classes
-            )
-            self.store.write_tensors(
-                f"lineages/{self.id}/kurtosis/{method}-round-{n:04d}.pt",
-                {"overall": kurtosis.overall, "per_class": kurtosis.per_class},
-            )
-            row = {
-                **self._identity_columns(method),
-                "round": n,
-                "sparsity_first_layer": 1.0 - float(mask.float().mean()),
-                **kurtosis_columns(kurtosis),
-            }
-            self.store.write_rows(KURTOSIS_TABLE, self.id, f"round-{n:04d}-{method}", [row])
+        weight, mask = self._rewind_first_layer(method, n)
+        kurtosis = preactivation_kurtosis(
+            weight, self._first_layer_inputs(), labels=labels, num_classes=self.data.num_classes
+        )
+        self.store.write_tensors(
+            f"lineages/{self.id}/kurtosis/{method}-round-{n:04d}.pt",
+            {"overall": kurtosis.overall, "per_class": kurtosis.per_class},
+        )
+        return {
+            "sparsity_first_layer": 1.0 - float(mask.float().mean()),
+            **kurtosis_columns(kurtosis),
+        }
 
     def _write_cavity(self) -> None:
         """Fig. 5B/5C: N_W·cavity at every round, grouped by each weight's removal round."""
@@ -379,3 +385,8 @@ class IMPLineage:
                 "device": str(self.device),  # where the last round trained
             },
         )
+
+
+def trained_path(lineage_id: str, method: str, n: int) -> str:
+    """Where round ``n`` of a method keeps its trained state (round 0: the dense net, ``imp``)."""
+    return f"lineages/{lineage_id}/trained/{method}-round-{n:04d}.pt"

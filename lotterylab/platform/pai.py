@@ -148,6 +148,7 @@ class PaIRun:
         self.masks = {name: mask.cpu() for name, mask in masks.items()}
         apply_masks(self.model, {k: v.to(self.device) for k, v in self.masks.items()})
         self.store.write_tensors(f"runs/{self.id}/masks.pt", self.masks)
+        self.store.write_tensors(f"runs/{self.id}/init.pt", self.model.state_dict())
         self.store.write_json(f"runs/{self.id}/run.json", self._run_info())
         row = self._mask_row(scoring_time)
         self.store.write_rows(PAI_MASKS_TABLE, self.id, "masks", [row])
@@ -173,6 +174,8 @@ class PaIRun:
             {k: v.to(self.device) for k, v in self.masks.items()},
         )
         self.next_epoch = epoch + 1
+        if self.done:  # the trained model, taken elsewhere by ``export``
+            self.store.write_tensors(f"runs/{self.id}/trained.pt", self.model.state_dict())
         return self._write_epoch_row(self.next_epoch, loss, time.perf_counter() - start)
 
     # -- helpers -------------------------------------------------------------------------

@@ -50,6 +50,22 @@ ROUNDS_SCHEMA = pa.schema(
     ]
 )
 
+# Lottery-ticket branches of an IMP lineage (``imp_branches.py``): one row per branch, the
+# round-N columns of ``rounds`` (lineage_id is the branch's id) and what defines the branch
+IMP_BRANCHES_TABLE = "imp_branches"
+IMP_BRANCHES_SCHEMA = pa.schema(
+    [
+        *ROUNDS_SCHEMA,
+        pa.field("branch", pa.string(), nullable=False),  # reinit | random_prune | rewind
+        pa.field("parent_id", pa.string(), nullable=False),  # the IMP lineage's id
+        pa.field("start_step", pa.int64(), nullable=False),  # the step training resumes from
+        # first-layer kurtosis at the branch's start weights ⊙ its mask (FCN), else null
+        pa.field("kurtosis_mean", pa.float64()),
+        pa.field("kurtosis_all_mean", pa.float64()),
+        pa.field("kurtosis_median", pa.float64()),
+    ]
+)
+
 # Pre-activation kurtosis of the first hidden layer at the start of a round, for
 # θ(t_rewind) ⊙ the mask that round trains (eq. 4, not excess; 3 for a Gaussian).
 KURTOSIS_SCHEMA = pa.schema(
@@ -192,6 +208,7 @@ ANALYSIS_SCHEMAS: dict[str, pa.Schema] = {
 SCHEMAS: dict[str, pa.Schema] = {
     **ANALYSIS_SCHEMAS,
     ROUNDS_TABLE: ROUNDS_SCHEMA,
+    IMP_BRANCHES_TABLE: IMP_BRANCHES_SCHEMA,
     KURTOSIS_TABLE: KURTOSIS_SCHEMA,
     CAVITY_TABLE: CAVITY_SCHEMA,
     PAI_EPOCHS_TABLE: PAI_EPOCHS_SCHEMA,

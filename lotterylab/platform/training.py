@@ -175,11 +175,17 @@ def train(
     on_step: Callable[[int, nn.Module], None] | None = None,
     device: torch.device | None = None,
     masks: Mapping[str, torch.Tensor] | None = None,
+    stop_step: int | None = None,
 ) -> nn.Module:
-    """Train from ``start_step`` to ``spec.steps``; ``on_step(t, model)`` runs before step t."""
+    """Train from ``start_step`` to ``spec.steps``; ``on_step(t, model)`` runs before step t.
+
+    ``stop_step`` ends the run early at exactly the state the full run passes through there.
+    """
     device = device or torch.device("cpu")
     generator = torch.Generator().manual_seed(seed)
     batches = batch_indices(data.size("train"), spec.batch_size, spec.steps - start_step, generator)
+    if stop_step is not None:
+        batches = batches[: stop_step - start_step]
     optimiser = make_optimizer(model, spec)
     rate = (lambda step: learning_rate(spec, step)) if spec.lr_drops else None
     source = BatchSource(data, spec, device)

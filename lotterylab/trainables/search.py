@@ -40,6 +40,7 @@ from lotterylab.platform.lineage_group import (
 from lotterylab.platform.pai import pai_grid
 from lotterylab.platform.spec import Distribution, ExperimentSpec
 from lotterylab.platform.store import normalise_uri
+from lotterylab.trainables.imp_branch import IMPBranchTrainable, imp_branch_config
 from lotterylab.trainables.imp_lineage import IMPLineageTrainable, trial_members
 from lotterylab.trainables.pai_run import PaIRunTrainable, pai_config
 
@@ -56,10 +57,12 @@ def tune_storage(uri: str) -> tuple[str, pyarrow.fs.FileSystem | None]:
     return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
 
-def trainable_for(spec: ExperimentSpec, datasets: dict[str, ImageDataset], store_uri: str):
-    """The trainable with the data sets put in the object store once, for every trial."""
+def trainable_for(
+    spec: ExperimentSpec, datasets: dict[str, ImageDataset], store_uri: str, cls=None
+):
+    """The trainable (default: the spec kind's) with the data sets put in the object store once."""
     trainable = tune.with_parameters(
-        TRAINABLES[spec.kind],
+        cls or TRAINABLES[spec.kind],
         spec_json=spec.model_dump_json(),
         datasets=datasets,
         store_uri=store_uri,
@@ -361,19 +364,47 @@ def new_tuner(
     )
 
 
+def new_imp_branch_tuner(
+    spec: ExperimentSpec,
+    datasets: dict[str, ImageDataset],
+    store_uri: str,
+    name: str,
+    branches: list[dict],
+) -> tune.Tuner:
+    """Lottery-ticket branches of IMP lineages, one trial each, in the parent's folder."""
+
+    def trial_dirname(trial) -> str:
+        return f"trial-{imp_branch_config(spec, spec.name, trial.config['branch']).branch_id}"
+
+    return tune.Tuner(
+        trainable_for(spec, datasets, store_uri, IMPBranchTrainable),
+        param_space={"branch": tune.grid_search(branches)},
+        tune_config=tune.TuneConfig(
+            trial_dirname_creator=trial_dirname,
+            reuse_actors=False,
+            max_concurrent_trials=spec.run.max_concurrent_trials or None,
+        ),
+        run_config=_run_config(spec, store_uri, name),
+    )
+
+
 def can_restore(experiment_uri: str) -> bool:
     path, filesystem = tune_storage(experiment_uri)
     return tune.Tuner.can_restore(path, storage_filesystem=filesystem)
 
 
 def restored_tuner(
-    spec: ExperimentSpec, datasets: dict[str, ImageDataset], experiment_uri: str, store_uri: str
+    spec: ExperimentSpec,
+    datasets: dict[str, ImageDataset],
+    experiment_uri: str,
+    store_uri: str,
+    cls=None,
 ) -> tune.Tuner:
     _legacy_console()
     path, filesystem = tune_storage(experiment_uri)
     return tune.Tuner.restore(
         path,
-        trainable=trainable_for(spec, datasets, store_uri),
+        trainable=trainable_for(spec, datasets, store_uri, cls),
         resume_unfinished=True,
         resume_errored=True,
         storage_filesystem=filesystem,

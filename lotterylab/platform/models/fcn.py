@@ -83,8 +83,10 @@ class FCN(nn.Module):
 
 
 def _drop_mask_buffers(module, state_dict, prefix, *args) -> None:
-    """States saved when the dense layers carried ``weight_mask`` buffers still load."""
-    for key in [k for k in state_dict if k.endswith(("weight_mask", "bias_mask"))]:
+    """States saved when the dense layers carried ``weight_mask`` buffers still load; a model
+    that carries them now (``torch.nn.utils.prune``) keeps its own."""
+    own = set(module.state_dict(prefix=prefix))
+    for key in [k for k in state_dict if k.endswith(("weight_mask", "bias_mask")) and k not in own]:
         del state_dict[key]
 
 
