@@ -30,6 +30,7 @@ from lotterylab.platform import masks as mk
 from lotterylab.platform.data.dataset import ImageDataset
 from lotterylab.platform.imp import IMP, IMPLineage, LineageConfig, trained_path
 from lotterylab.platform.models import build_model
+from lotterylab.platform.pruning import keep_top
 from lotterylab.platform.round_trainings import Training, run_trainings
 from lotterylab.platform.seeds import derived_seed
 from lotterylab.platform.store import ExperimentStore, StoreError
@@ -155,15 +156,9 @@ class IMPBranch(IMPLineage):
             generator = torch.Generator().manual_seed(
                 derived_seed(self.config.seed, "random_prune", n)
             )
-            keep = mk.alive_counts(ticket)
-            masks = {
-                name: mk.keep_top(
-                    torch.rand(m.shape, generator=generator),
-                    torch.ones_like(m),
-                    keep[name],
-                )
-                for name, m in ticket.items()
-            }
+            scores = {name: torch.rand(m.shape, generator=generator) for name, m in ticket.items()}
+            dense = {name: torch.ones_like(m) for name, m in ticket.items()}
+            masks = keep_top(scores, dense, mk.alive_counts(ticket))
         else:
             masks = ticket
         # the branch's history: the trunk's up to round N-1; what only a random mask drops,
