@@ -13,6 +13,7 @@ from lotterylab.platform.metrics.cavity import (
 )
 from lotterylab.platform.metrics.classification import accuracy
 from lotterylab.platform.metrics.components import image_components
+from lotterylab.platform.metrics.connectivity import Connectivity, connectivity
 from lotterylab.platform.metrics.kurtosis import (
     KURTOSIS_CHUNK_SIZE,
     PreactivationKurtosis,
@@ -40,12 +41,14 @@ __all__ = [
     "SIGMA_MAX_PER_PIXEL",
     "SIGMA_MIN",
     "CavityByRound",
+    "Connectivity",
     "LayerWidths",
     "PreactivationKurtosis",
     "RFWidthSummary",
     "accuracy",
     "cavity_by_removal_round",
     "cavity_scores",
+    "connectivity",
     "image_components",
     "layer_widths",
     "mask_autocorrelation",
