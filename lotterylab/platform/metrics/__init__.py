@@ -14,6 +14,7 @@ from lotterylab.platform.metrics.cavity import (
 from lotterylab.platform.metrics.classification import accuracy
 from lotterylab.platform.metrics.components import image_components
 from lotterylab.platform.metrics.connectivity import Connectivity, connectivity
+from lotterylab.platform.metrics.flops import MACs, count_macs
 from lotterylab.platform.metrics.kurtosis import (
     KURTOSIS_CHUNK_SIZE,
     PreactivationKurtosis,
@@ -43,12 +44,14 @@ __all__ = [
     "CavityByRound",
     "Connectivity",
     "LayerWidths",
+    "MACs",
     "PreactivationKurtosis",
     "RFWidthSummary",
     "accuracy",
     "cavity_by_removal_round",
     "cavity_scores",
     "connectivity",
+    "count_macs",
     "image_components",
     "layer_widths",
     "mask_autocorrelation",
