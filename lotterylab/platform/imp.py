@@ -36,6 +36,7 @@ from lotterylab.platform.metrics import (
     cavity_scores,
     preactivation_kurtosis,
     rf_width_summary,
+    structure_columns,
 )
 from lotterylab.platform.models import apply_masks, build_model, first_layer_name, prunable_names
 from lotterylab.platform.round_trainings import Training, run_trainings
@@ -123,6 +124,7 @@ class IMPLineage:
         self.methods = [IMP, *self.imp.baselines]
         self.siblings = {name: sibling(name) for name in self.imp.baselines}
         model = self._fresh_model()
+        self.shape_model = model  # the architecture, for the masks' paths and MACs
         self.names = prunable_names(model, self.imp.prune_biases, self.imp.prune_output)
         self.first_layer = first_layer_name(model)
         # kurtosis, cavity scores and RF widths read a dense first layer on pixels (the FCN)
@@ -387,6 +389,7 @@ class IMPLineage:
             "rf_width_cross_mean": None,
             "empty_units": None,
             "wall_time_s": elapsed,
+            **structure_columns(self.shape_model, masks, self.data.image_shape),
         }
         if self.dense_first_layer:
             same = rf_width_summary(masks[self.first_layer], self.data.image_shape)

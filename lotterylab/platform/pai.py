@@ -19,7 +19,7 @@ from torch import nn
 
 from lotterylab.platform.data.dataset import ImageDataset
 from lotterylab.platform.ids import short_hash
-from lotterylab.platform.metrics import layer_widths, rf_width_summary
+from lotterylab.platform.metrics import layer_widths, rf_width_summary, structure_columns
 from lotterylab.platform.models import apply_masks, build_model, first_layer_name
 from lotterylab.platform.pruning import prune_at_init, scoring_batches, shuffle_masks
 from lotterylab.platform.seeds import derived_seed
@@ -260,6 +260,7 @@ class PaIRun:
         row = {
             **self._columns(),
             **widths.columns(),
+            **structure_columns(self.model, self.masks, self.data.image_shape),
             "scoring_time_s": scoring_time,
             "rf_width_median": None,
             "rf_width_mean": None,

@@ -31,6 +31,7 @@ from lotterylab.platform.metrics.rf import (
     rf_width,
     rf_width_summary,
 )
+from lotterylab.platform.metrics.structure import STRUCTURE_COLUMNS, structure_columns
 from lotterylab.platform.metrics.width import LayerWidths, layer_widths
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "MIN_REMAINING_VARIANCE",
     "SIGMA_MAX_PER_PIXEL",
     "SIGMA_MIN",
+    "STRUCTURE_COLUMNS",
     "CavityByRound",
     "Connectivity",
     "LayerWidths",
@@ -60,4 +62,5 @@ __all__ = [
     "preactivation_kurtosis",
     "rf_width",
     "rf_width_summary",
+    "structure_columns",
 ]
