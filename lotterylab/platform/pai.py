@@ -109,6 +109,7 @@ class PaIRun:
         self.epochs = self.spec.training.epochs
         self.next_epoch = 0
         self.masks: dict[str, torch.Tensor] | None = None
+        self.initial_row: dict | None = None  # epoch 0's row, once prune() wrote it
         self.model = self._fresh_model().to(self.device)
         self.optimizer = make_optimizer(self.model, self.spec.training)
 
@@ -150,7 +151,7 @@ class PaIRun:
         self.store.write_json(f"runs/{self.id}/run.json", self._run_info())
         row = self._mask_row(scoring_time)
         self.store.write_rows(PAI_MASKS_TABLE, self.id, "masks", [row])
-        self._write_epoch_row(0, None, time.perf_counter() - start)
+        self.initial_row = self._write_epoch_row(0, None, time.perf_counter() - start)
         return row
 
     def run_epoch(self) -> dict:

@@ -66,8 +66,9 @@ class TrainingSpec(Strict):
     rewind_step: Annotated[int, Field(ge=0)] = Field(
         1000, description="step whose weights IMP rewinds to (kind imp)"
     )
-    epochs: Annotated[int, Field(ge=1)] | None = Field(
-        None, description="epochs of one PaI training (kind pai; required there)"
+    epochs: Annotated[int, Field(ge=0)] | None = Field(
+        None,
+        description="epochs of one PaI training (kind pai; required there); 0 scores only",
     )
     lr_drops: list[Annotated[int, Field(ge=1)]] = Field(
         [], description="steps (imp) or epochs (pai) after which the learning rate is multiplied"
@@ -520,7 +521,8 @@ class ExperimentSpec(Strict):
 
     def trial_iterations(self) -> int:
         """Tune iterations of one trial: IMP rounds + 1, or PaI epochs."""
-        return self.imp.rounds + 1 if self.kind == "imp" else self.training.epochs
+        # a PaI trial's first step prunes, and trains its first epoch if it has one
+        return self.imp.rounds + 1 if self.kind == "imp" else max(1, self.training.epochs)
 
     def search_points(self) -> list[dict[str, Any]]:
         """The configurations checked before Ray starts: all of them, or Optuna's corners."""
