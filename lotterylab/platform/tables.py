@@ -26,6 +26,8 @@ _STRUCTURE_FIELDS = [
     pa.field("dense_macs", pa.int64()),  # the same, every weight kept
 ]
 
+OPTIONAL_COLUMNS = frozenset(f.name for f in _STRUCTURE_FIELDS)
+
 _LINEAGE_FIELDS = [
     pa.field("experiment", pa.string(), nullable=False),
     pa.field("lineage_id", pa.string(), nullable=False),
@@ -213,9 +215,14 @@ SCHEMAS: dict[str, pa.Schema] = {
 
 
 def rows_to_table(table: str, rows: list[dict]) -> pa.Table:
-    """Build a table from row dicts, failing on a missing or unknown column."""
+    """Build a table from row dicts, failing on a missing or unknown column.
+
+    The mask-structure columns, added after tables were first stored, may be left out: they
+    are then null, as in parts written before they existed.
+    """
     schema = SCHEMAS[table]
     names = set(schema.names)
+    rows = [{**dict.fromkeys(OPTIONAL_COLUMNS & names), **row} for row in rows]
     for row in rows:
         missing, extra = names - row.keys(), row.keys() - names
         if missing or extra:
