@@ -8,6 +8,7 @@ import torch
 
 from lotterylab.analysis import open_experiment, write_report
 from lotterylab.analysis.paper2 import accuracy_summary, final_rows
+from lotterylab.platform.metrics import STRUCTURE_COLUMNS
 from lotterylab.platform.store import ExperimentStore
 
 SEEDS = (0, 1, 2)
@@ -42,6 +43,19 @@ def active_units(method: str, density: float) -> dict[str, int]:
         "conv1.weight": 16 if density > 0.05 else 12,
         "layer1.conv.weight": 0 if collapse else (32 if density > 0.05 else 20),
         "fc.weight": 10,
+    }
+
+
+def structure(units: dict[str, int], density: float, seed: int) -> dict:
+    """Connectivity and MACs: of the collapsed masks, seed 0's is disconnected, others bypassed."""
+    disconnected = any(v == 0 for v in units.values()) and seed == 0
+    return {
+        "effective_density": 0.0 if disconnected else 0.9 * density,
+        "effective_units": {k: 0 if disconnected else v for k, v in units.items()},
+        "disconnected": disconnected,
+        "log10_paths": None if disconnected else 10.0 + density,
+        "macs": int(40e6 * density),
+        "dense_macs": 40_000_000,
     }
 
 
@@ -80,6 +94,7 @@ def build_pai_store(store: ExperimentStore, unfinished: bool = False) -> None:
                     "scoring_time_s": 0.1 * rounds + 0.01 * seed,
                     "rf_width_median": None,
                     "rf_width_mean": None,
+                    **structure(units, density, seed),
                 }
                 store.write_rows("pai_masks", run_id, "masks", [mask_row])
                 last_epoch = 1 if unfinished and (method, seed) == ("px", 2) else 2
@@ -144,7 +159,11 @@ def test_final_accuracy_mean_and_std_over_seeds(store):
     assert row["n_seeds"] == 3
 
 
-PNGS = {"pai_accuracy_vs_density.png": (5.0, 4.0), "pai_active_units.png": (6.0, 4.2)}
+PNGS = {
+    "pai_accuracy_vs_density.png": (5.0, 4.0),
+    "pai_accuracy_vs_effective_density.png": (5.0, 4.0),
+    "pai_active_units.png": (6.0, 4.2),
+}
 
 
 def test_report_writes_pai_figures(store, written):
@@ -159,7 +178,7 @@ def test_report_tables(store, written):
     assert text.startswith("# Report of experiment `p2` (pai)")
     # accuracy at every density: columns 36.00%, 59.04%, 98.20% sparsity
     assert "| method | 36.00% | 59.04% | 98.20% |" in text
-    assert "| snip | 0.7640 ± 0.0082 (3) | 0.7410 ± 0.0082 (3) | 0.7018 ± 0.0082 (3) |" in text
+    assert "| snip | 0.7640 ± 0.0082 [0.7392, 0.7888] (3) |" in text
     # Fig. 6 numbers: active units at the lowest density, dense width in brackets
     assert "| layer | snip | px T=1 | px T=10 |" in text
     assert "| layer1.conv.weight (32) | 0.0 | 20.0 | 20.0 |" in text
@@ -167,9 +186,17 @@ def test_report_tables(store, written):
     assert "| method | T = 1 | T = 10 |" in text
     assert "| px | 0.7218 ± 0.0082 · 0.11 s | 0.7518 ± 0.0082 · 1.01 s |" in text
     assert "| snip | 0.7018 ± 0.0082 · 0.11 s | — |" in text
-    # collapsed masks: snip at the lowest density, one per seed
-    assert "3 of 27 masks collapsed." in text
-    assert "| snip-T1-d0.018-s0 | snip | trunk | 98.20% | 1 | 0 | layer1.conv |" in text
+    # collapsed masks: snip at the lowest density, one per seed; seed 0's is disconnected
+    assert "3 of 27 masks have a layer with no active unit (`collapsed`): 2 of them" in text
+    assert "1 masks have no input-to-output path at all" in text
+    assert (
+        "| snip-T1-d0.018-s0 | snip | trunk | 98.20% | 1 | 0 | disconnected | layer1.conv |" in text
+    )
+    assert "| snip-T1-d0.018-s1 | snip | trunk | 98.20% | 1 | 1 | bypassed | layer1.conv |" in text
+    # the structure table: a third of snip's seeds disconnected, effective density 0.9 d
+    assert "| resnet20 · cifar10 | snip | 98.20% | 0.33 | 1.080% | 1.800% | 1.0 |" in text
+    # pairwise tests at 98.20 %: px T=10 is 0.03 above px T=1 with zero spread difference
+    assert "px T=10 > snip at 98.20% sparsity (p = " in text
     assert "First-layer RF width" not in text  # a ResNet has no dense first layer on pixels
 
 
@@ -179,7 +206,7 @@ def test_unfinished_runs_are_left_out_with_a_note(tmp_path):
     write_report(store)
     text = store.read_bytes("figures/report.md").decode()
     assert "> 6 run(s) not finished yet are left out" in text
-    assert "| px T=10 | 0.8090 ± 0.0050 (2) |" in text
+    assert "| px T=10 | 0.8090 ± 0.0050 [0.7455, 0.8725] (2) |" in text
 
 
 def test_rf_width_table_for_fcn_masks(tmp_path):
@@ -195,6 +222,7 @@ def test_rf_width_table_for_fcn_masks(tmp_path):
             "scoring_time_s": 0.5,
             "rf_width_median": width,
             "rf_width_mean": width,
+            **dict.fromkeys(STRUCTURE_COLUMNS),  # as rows stored before these columns
         }
         store.write_rows("pai_masks", row["run_id"], "masks", [row])
     written = write_report(store)

@@ -37,3 +37,19 @@ def test_pai_grid_through_tune_then_a_branch_from_the_cli(pai_spec_dict, tmp_pat
     parents = {r["run_id"] for r in masks}
     assert {r["parent_id"] for r in branches} <= parents
     assert main(["branch", outcome.uri, "--kind", "sideways"]) == 2
+
+
+def test_scoring_only_runs_write_mask_rows_and_train_nothing(pai_spec_dict, tmp_path):
+    spec_dict = pai_spec_dict
+    spec_dict["training"].update(epochs=0, lr_drops=[])
+    spec_dict["pai"].update(methods=["synflow"], densities=[0.05], rounds=[1, 3])
+    spec = parse_spec(spec_dict)
+    assert spec.trial_iterations() == 1
+    outcome = run_experiment(spec, "name: tinypai\n", str(tmp_path / "results"))
+    assert outcome.trials == 2 and outcome.errored_trials == []
+    store = ExperimentStore(outcome.uri)
+    masks = store.read_table("pai_masks").to_pylist()
+    assert sorted(r["rounds"] for r in masks) == [1, 3]
+    assert all(0 < r["effective_density"] <= r["actual_density"] for r in masks)
+    epochs = store.read_table("pai_epochs").to_pylist()
+    assert [(r["epoch"], r["final"], r["train_loss"]) for r in epochs] == [(0, True, None)] * 2

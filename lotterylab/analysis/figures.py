@@ -122,7 +122,7 @@ def save_png(figure: Figure, out: Output) -> None:
 
 # -- metric vs sparsity ----------------------------------------------------------------------
 def plot_method_lines(ax: Axes, rows: pd.DataFrame, metric: str, sparsity: str) -> None:
-    """Mean over seeds with a min-max band, one line per method that has any value."""
+    """Mean over seeds with its 95 % interval as a band, one line per method with a value."""
     styles = series_styles(rows["method"].unique())
     for method, style in styles.items():
         line = rows[rows["method"] == method].sort_values(sparsity)
@@ -132,7 +132,7 @@ def plot_method_lines(ax: Axes, rows: pd.DataFrame, metric: str, sparsity: str) 
         x = 100.0 * line[sparsity]
         ax.plot(x, line[f"{metric}_mean"], marker="o", ms=3, label=method, **style)
         ax.fill_between(
-            x, line[f"{metric}_min"], line[f"{metric}_max"], color=style["color"], alpha=0.2
+            x, line[f"{metric}_ci_low"], line[f"{metric}_ci_high"], color=style["color"], alpha=0.2
         )
 
 

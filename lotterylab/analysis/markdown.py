@@ -45,3 +45,14 @@ def mean_range(row, column: str, digits: int) -> str:
     return (
         f"{mean:.{digits}f} ({row[f'{column}_min']:.{digits}f}–{row[f'{column}_max']:.{digits}f})"
     )
+
+
+def interval(row, column: str, digits: int) -> str:
+    """``mean [low, high]``: the mean and its confidence interval over seeds."""
+    mean = row[f"{column}_mean"]
+    if mean is None or math.isnan(mean):
+        return MISSING
+    low, high = row[f"{column}_ci_low"], row[f"{column}_ci_high"]
+    if low is None or math.isnan(low):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"

@@ -33,8 +33,10 @@ from lotterylab.analysis.figures import (
     series_styles,
     units_with_most_weights,
 )
-from lotterylab.analysis.markdown import mean_range, number, percent, spread, table
+from lotterylab.analysis.markdown import MISSING, mean_range, number, percent, spread, table
 from lotterylab.analysis.sections import Section
+from lotterylab.analysis.stats import comparison_sentence, pairwise_comparisons
+from lotterylab.platform.imp import IMP
 from lotterylab.platform.masks import mask_after_round
 
 EXAMPLES_PER_ROW = 8
@@ -110,8 +112,12 @@ def datasets_in_order(rows: pd.DataFrame) -> list[str]:
 SUMMARY_VALUES = ("rf_width_median", "test_accuracy")
 
 
+STRUCTURE_VALUES = ("effective_density", "macs")
+
+
 def accuracy_sections(rounds: pd.DataFrame) -> list[Section]:
-    summary = aggregate_over_seeds(rounds, SUMMARY_VALUES)
+    values = [*SUMMARY_VALUES, *(v for v in STRUCTURE_VALUES if v in rounds)]
+    summary = aggregate_over_seeds(rounds, values)
     rf = Section("RF width (median) vs sparsity", "rf_width_vs_sparsity.png")
     rf.draw = lambda out: plot_rf_width_vs_sparsity(summary, out)
     accuracy = Section("Test accuracy vs sparsity", "accuracy_vs_sparsity.png")
@@ -122,7 +128,10 @@ def accuracy_sections(rounds: pd.DataFrame) -> list[Section]:
             r["method"],
             r["round"],
             percent(r["sparsity_mean"]),
+            percent(r.get("effective_density_mean", float("nan")), 2),
+            macs_cell(r.get("macs_mean", float("nan"))),
             spread(r, "test_accuracy", 3, with_range=False),
+            interval_cell(r, "test_accuracy", 3),
             spread(r, "rf_width_median", 2, with_range=True),
             r["n_seeds"],
         )
@@ -133,14 +142,67 @@ def accuracy_sections(rounds: pd.DataFrame) -> list[Section]:
         "method",
         "round",
         "sparsity",
+        "effective density",
+        "MACs",
         "test accuracy",
+        "95 % interval",
         "RF width median",
         "seeds",
     )
-    accuracy.lines = table(header, rows)
+    accuracy.lines = table(header, rows) + sibling_comparison_lines(rounds)
     if summary["test_accuracy_mean"].isna().all():
         accuracy.notes.append("no test accuracy in the rounds table (no method was trained)")
     return [rf, accuracy]
+
+
+def macs_cell(macs: float) -> str:
+    return MISSING if macs is None or macs != macs else f"{macs / 1e6:.3g} M"
+
+
+def interval_cell(row: dict, column: str, digits: int) -> str:
+    low, high = row[f"{column}_ci_low"], row[f"{column}_ci_high"]
+    return MISSING if low != low else f"[{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def sibling_comparison_lines(rounds: pd.DataFrame) -> list[str]:
+    """IMP against each sibling at every pruned round: Welch, Holm over the round's pairs."""
+    trained = rounds[(rounds["round"] > 0) & rounds["test_accuracy"].notna()]
+    if trained.empty or IMP not in set(trained["method"]):
+        return []
+
+    def against_imp(labels: list[str]) -> list[tuple[str, str]]:
+        return [(IMP, other) for other in labels if other != IMP] if IMP in labels else []
+
+    pairs = pairwise_comparisons(
+        trained, "test_accuracy", ["dataset", "round"], "method", against_imp
+    )
+    if pairs.empty:
+        return []
+    lines = [
+        "IMP against each sibling, test accuracy: difference of means (IMP − sibling) with its "
+        "95 % Welch interval; Welch's t-test with Holm's correction over the pairs of the round.",
+        "",
+    ]
+    body, sentences = [], []
+    for r in pairs.to_dict("records"):
+        where = f"{r['dataset']} round {r['round']}"
+        body.append(
+            (
+                r["dataset"],
+                r["round"],
+                r["b"],
+                number(r["difference"], 4),
+                f"[{number(r['low'], 4)}, {number(r['high'], 4)}]",
+                number(r["p_holm"], 4),
+                "yes" if r["separable"] else "no",
+            )
+        )
+        sentences.append(comparison_sentence(r, where))
+    lines += table(
+        ("data set", "round", "sibling", "IMP − sibling", "95 % interval", "p (Holm)", "separable"),
+        body,
+    )
+    return lines + ["; ".join(sentences) + ".", ""]
 
 
 def ordered_rows(summary: pd.DataFrame, then: Sequence[str]) -> list[dict]:
@@ -439,7 +501,7 @@ def plot_cavity_lines(ax: Axes, rows: pd.DataFrame, key: str, styles: dict, kept
         x = np.where(removed < 0, kept_at, removed).astype(float)
         order = np.argsort(x)
         mean, low, high = (
-            line[c].to_numpy()[order] for c in ("score_mean", "score_min", "score_max")
+            line[c].to_numpy()[order] for c in ("score_mean", "score_ci_low", "score_ci_high")
         )
         ax.plot(x[order], mean, marker="o", ms=3, label=label, **style)
         ax.fill_between(x[order], low, high, color=style["color"], alpha=0.2)

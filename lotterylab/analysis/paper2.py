@@ -9,8 +9,9 @@ from matplotlib.figure import Figure
 
 from lotterylab.analysis.aggregate import seed_stats
 from lotterylab.analysis.figures import Output, ordered_methods, save_png, series_styles
-from lotterylab.analysis.markdown import MISSING, number, spread, table
+from lotterylab.analysis.markdown import MISSING, number, percent, spread, table
 from lotterylab.analysis.sections import Section
+from lotterylab.analysis.stats import comparison_sentence, pairwise_comparisons
 
 PANEL_KEYS = ["model", "dataset"]
 
@@ -57,32 +58,48 @@ def panel_title(model: str, dataset: str) -> str:
 
 
 # -- Figs. 2/3: accuracy vs density ------------------------------------------------------------
-def plot_accuracy_vs_density(summary: pd.DataFrame, ylabel: str, out: Output) -> None:
-    """Mean ± std band over seeds per method; x is log density, labelled as sparsity."""
+X_AXES = {"density": "sparsity (log density)", "effective_density": "effective density (log)"}
+
+
+def plot_accuracy_vs_density(
+    summary: pd.DataFrame, ylabel: str, out: Output, x: str = "density"
+) -> None:
+    """Mean over seeds per method with its 95 % interval as a band, on a log density axis.
+
+    ``x="effective_density"`` puts each point at the mean effective density of its masks (the
+    ``effective_density_mean`` column; disconnected masks, at 0, are left out of the log axis).
+    """
+    if x not in X_AXES:
+        raise ValueError(f"x {x!r} is not one of {list(X_AXES)}")
     keys = panels(summary)
     figure = Figure(figsize=(5.0 * len(keys), 4.0), layout="constrained")
     axes = figure.subplots(1, len(keys), squeeze=False)[0]
     styles = series_styles(summary["series"].unique())
+    column = "density" if x == "density" else "effective_density_mean"
     for ax, (model, dataset) in zip(axes, keys, strict=True):
         rows = summary[(summary["model"] == model) & (summary["dataset"] == dataset)]
         for label, style in styles.items():
             line = rows[(rows["series"] == label) & rows["score_mean"].notna()]
+            line = line[pd.to_numeric(line[column]) > 0] if column in line else line.iloc[:0]
             if line.empty:
                 continue
             line = line.sort_values("density", ascending=False)
-            mean, std = line["score_mean"], line["score_std"]
-            ax.plot(line["density"], mean, marker="o", ms=3, label=label, **style)
+            xs = pd.to_numeric(line[column])
+            ax.plot(xs, line["score_mean"], marker="o", ms=3, label=label, **style)
             ax.fill_between(
-                line["density"], mean - std, mean + std, color=style["color"], alpha=0.2
+                xs, line["score_ci_low"], line["score_ci_high"], color=style["color"], alpha=0.2
             )
-        densities = sorted(rows["density"].unique(), reverse=True)
         ax.set_xscale("log")
-        ax.set_xticks(densities, [sparsity_label(d) for d in densities], rotation=45)
-        ax.minorticks_off()
-        if len(densities) > 1:
-            ax.set_xlim(max(densities) * 1.15, min(densities) / 1.15)  # sparser to the right
+        if x == "density":
+            densities = sorted(rows["density"].unique(), reverse=True)
+            ax.set_xticks(densities, [sparsity_label(d) for d in densities], rotation=45)
+            ax.minorticks_off()
+            if len(densities) > 1:
+                ax.set_xlim(max(densities) * 1.15, min(densities) / 1.15)  # sparser to the right
+        else:
+            ax.invert_xaxis()  # sparser to the right, as on the nominal axis
         ax.set_title(panel_title(model, dataset))
-        ax.set_xlabel("sparsity (log density)")
+        ax.set_xlabel(X_AXES[x])
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
@@ -90,7 +107,16 @@ def plot_accuracy_vs_density(summary: pd.DataFrame, ylabel: str, out: Output) ->
     save_png(figure, out)
 
 
-def accuracy_section(epochs: pd.DataFrame) -> Section:
+def with_effective_density(summary: pd.DataFrame, masks: pd.DataFrame) -> pd.DataFrame:
+    """``effective_density_mean`` of each (panel, series, density) from the mask rows."""
+    keys = [*PANEL_KEYS, "series", "density"]
+    if masks.empty or "effective_density" not in masks:
+        return summary.assign(effective_density_mean=float("nan"))
+    effective = seed_stats(with_series(masks), ["effective_density"], keys)
+    return summary.merge(effective[[*keys, "effective_density_mean"]], on=keys, how="left")
+
+
+def accuracy_section(epochs: pd.DataFrame, masks: pd.DataFrame | None = None) -> Section:
     section = Section(
         "Paper 2 Figs. 2/3 — final accuracy vs sparsity", "pai_accuracy_vs_density.png"
     )
@@ -103,7 +129,11 @@ def accuracy_section(epochs: pd.DataFrame) -> Section:
     summary = accuracy_summary(final)
     ylabel = score_name(final)
     section.draw = lambda out: plot_accuracy_vs_density(summary, ylabel, out)
-    lines = [f"Final {ylabel}: mean ± std over seeds (ddof=0), seeds in brackets.", ""]
+    lines = [
+        f"Final {ylabel}: mean ± std over seeds (ddof=0) [95 % t interval of the mean], seeds "
+        "in brackets.",
+        "",
+    ]
     for model, dataset in panels(summary):
         rows = summary[(summary["model"] == model) & (summary["dataset"] == dataset)]
         densities = sorted(rows["density"].unique(), reverse=True)
@@ -111,7 +141,9 @@ def accuracy_section(epochs: pd.DataFrame) -> Section:
         for label in ordered_methods(rows["series"].unique()):
             own = rows[rows["series"] == label].set_index("density")
             cells = [
-                f"{spread(own.loc[d], 'score', 4, False)} ({own.loc[d, 'n_seeds']})"
+                f"{spread(own.loc[d], 'score', 4, False)} "
+                f"[{number(own.loc[d, 'score_ci_low'], 4)}, "
+                f"{number(own.loc[d, 'score_ci_high'], 4)}] ({own.loc[d, 'n_seeds']})"
                 if d in own.index
                 else MISSING
                 for d in densities
@@ -119,7 +151,68 @@ def accuracy_section(epochs: pd.DataFrame) -> Section:
             body.append((label, *cells))
         lines += [f"### {panel_title(model, dataset)}", ""]
         lines += table(("method", *(sparsity_label(d) for d in densities)), body)
-    section.lines = lines
+    section.lines = lines + comparison_lines(final)
+    return section
+
+
+def comparison_lines(final: pd.DataFrame) -> list[str]:
+    """Every pair of methods at each density: Welch difference, interval, Holm's p; in words."""
+    trunk = final[final["branch"] == ""] if "branch" in final else final
+    pairs = pairwise_comparisons(trunk, "score", [*PANEL_KEYS, "density"], "series")
+    if pairs.empty:
+        return []
+    lines = [
+        "#### Which differences the seeds support",
+        "",
+        "Difference of mean final scores a − b with its 95 % Welch interval; Welch's t-test, "
+        "Holm's correction over the pairs at each density.",
+        "",
+    ]
+    for (model, dataset, density), cell in pairs.groupby([*PANEL_KEYS, "density"], sort=False):
+        where = f"{sparsity_label(density)} sparsity"
+        lines += [f"**{panel_title(model, dataset)}, {where}.** "]
+        cell = cell.sort_values("p_holm", na_position="last")
+        separable = [
+            comparison_sentence(r, where) for r in cell.to_dict("records") if r["separable"]
+        ]
+        rest = len(cell) - len(separable)
+        lines[-1] += "; ".join(separable) + ("; " if separable else "")
+        lines[-1] += f"{rest} of {len(cell)} pairs not separable with these seeds."
+        lines.append("")
+        body = [
+            (
+                r["a"],
+                r["b"],
+                number(r["difference"], 4),
+                f"[{number(r['low'], 4)}, {number(r['high'], 4)}]",
+                number(r["p"], 4),
+                number(r["p_holm"], 4),
+                "yes" if r["separable"] else "no",
+            )
+            for r in cell.to_dict("records")
+        ]
+        lines += table(("a", "b", "a − b", "95 % interval", "p", "p (Holm)", "separable"), body)
+    return lines
+
+
+def effective_accuracy_section(epochs: pd.DataFrame, masks: pd.DataFrame) -> Section | None:
+    """Accuracy against the masks' effective density (None when no row has one)."""
+    final = final_rows(epochs)
+    if final.empty or masks.empty or "effective_density" not in masks:
+        return None
+    if masks["effective_density"].isna().all() or final["score"].isna().all():
+        return None
+    section = Section(
+        "Final accuracy vs effective density", "pai_accuracy_vs_effective_density.png"
+    )
+    summary = with_effective_density(accuracy_summary(final), masks)
+    ylabel = score_name(final)
+    section.draw = lambda out: plot_accuracy_vs_density(summary, ylabel, out, "effective_density")
+    section.lines = [
+        "Each point sits at the mean effective density of its masks (kept weights on at least "
+        "one input-to-output path); disconnected masks (effective density 0) are left out.",
+        "",
+    ]
     return section
 
 
@@ -266,21 +359,99 @@ def timing_section(epochs: pd.DataFrame, masks: pd.DataFrame) -> Section:
     return section
 
 
-# -- collapsed masks and first-layer RF widths --------------------------------------------------
+# -- collapse: zero-width layers, bypassed or disconnecting; paths and MACs ----------------------
+def structure_summary(masks: pd.DataFrame) -> pd.DataFrame:
+    """Per panel, series and density: disconnected fraction, effective density, zero-width
+    layers, log10 paths, MACs and scoring time over seeds."""
+    rows = with_series(masks)
+    rows = rows.assign(
+        zero_width=[sum(1 for v in units.values() if v == 0) for units in rows["active_units"]],
+        disconnected_fraction=pd.to_numeric(rows["disconnected"].astype("float64")),
+        macs_fraction=pd.to_numeric(rows["macs"]) / pd.to_numeric(rows["dense_macs"]),
+    )
+    values = [
+        "disconnected_fraction",
+        "effective_density",
+        "actual_density",
+        "zero_width",
+        "log10_paths",
+        "macs",
+        "macs_fraction",
+        "scoring_time_s",
+    ]
+    return seed_stats(rows, values, [*PANEL_KEYS, "series", "density"])
+
+
 def collapsed_section(masks: pd.DataFrame) -> Section:
-    section = Section("Collapsed masks")
+    section = Section("Collapse: bypassed layers and disconnected networks")
     if masks.empty:
         return section.skip("no pai_masks table in the store")
+    known = masks["disconnected"].notna() if "disconnected" in masks else masks["collapsed"] & False
     collapsed = masks[masks["collapsed"]]
-    if collapsed.empty:
-        section.lines = [
-            f"None of the {len(masks)} masks collapsed (every layer keeps a unit).",
+    disconnected = masks[known & (masks["disconnected"] == True)]  # noqa: E712 (nullable)
+    bypassed = collapsed[known[collapsed.index] & (collapsed["disconnected"] == False)]  # noqa: E712
+    unknown = collapsed[~known[collapsed.index]]
+    lines = [
+        f"{len(collapsed)} of {len(masks)} masks have a layer with no active unit (`collapsed`): "
+        f"{len(bypassed)} of them stay connected through skip connections (zero-width but "
+        f"bypassed), {len(disconnected)} masks have no input-to-output path at all "
+        f"(`disconnected`: a unit-weight pass of the mask outputs 0, the network is constant)"
+        + (
+            f", {len(unknown)} were stored before connectivity was recorded."
+            if len(unknown)
+            else "."
+        )
+        + " A disconnected mask trains to chance; a bypassed one can still learn.",
+        "",
+    ]
+    if "disconnected" in masks and masks["disconnected"].notna().any():
+        summary = structure_summary(masks[known])
+        lines += [
+            "Per method and sparsity (mean over seeds): fraction of seeds disconnected, effective "
+            "and nominal density, zero-width layers, log10 of the path count (connected masks), "
+            "MACs per sample (share of dense), scoring time.",
             "",
         ]
-        return section
+        body = []
+        for model, dataset in panels(summary):
+            own = summary[(summary["model"] == model) & (summary["dataset"] == dataset)]
+            for label in ordered_methods(own["series"].unique()):
+                for r in (
+                    own[own["series"] == label]
+                    .sort_values("density", ascending=False)
+                    .to_dict("records")
+                ):
+                    body.append(
+                        (
+                            panel_title(model, dataset),
+                            label,
+                            sparsity_label(r["density"]),
+                            number(r["disconnected_fraction_mean"], 2),
+                            percent(r["effective_density_mean"], 3),
+                            percent(r["actual_density_mean"], 3),
+                            number(r["zero_width_mean"], 1),
+                            number(r["log10_paths_mean"], 1),
+                            f"{r['macs_mean'] / 1e6:.3g} M ({percent(r['macs_fraction_mean'], 2)})",
+                            f"{r['scoring_time_s_mean']:.3g} s",
+                        )
+                    )
+        header = (
+            "panel",
+            "method",
+            "sparsity",
+            "disconnected",
+            "effective density",
+            "density",
+            "zero-width layers",
+            "log10 paths",
+            "MACs",
+            "scoring time",
+        )
+        lines += table(header, body)
     body = []
     for row in collapsed.to_dict("records"):
         empty = [short_layer(k) for k, v in row["active_units"].items() if v == 0]
+        state = row.get("disconnected")
         body.append(
             (
                 row["run_id"],
@@ -289,11 +460,25 @@ def collapsed_section(masks: pd.DataFrame) -> Section:
                 sparsity_label(row["density"]),
                 row["rounds"],
                 row["seed"],
+                MISSING
+                if state is None or state != state
+                else ("disconnected" if state else "bypassed"),
                 ", ".join(empty) or MISSING,
             )
         )
-    header = ("run", "method", "branch", "sparsity", "T", "seed", "layers with no active unit")
-    section.lines = [f"{len(collapsed)} of {len(masks)} masks collapsed.", "", *table(header, body)]
+    if body:
+        header = (
+            "run",
+            "method",
+            "branch",
+            "sparsity",
+            "T",
+            "seed",
+            "paths",
+            "layers with no active unit",
+        )
+        lines += table(header, body)
+    section.lines = lines
     return section
 
 
@@ -330,10 +515,11 @@ def rf_width_section(masks: pd.DataFrame) -> Section | None:
 
 def pai_sections(epochs: pd.DataFrame, masks: pd.DataFrame) -> list[Section]:
     sections = [
-        accuracy_section(epochs),
+        accuracy_section(epochs, masks),
+        effective_accuracy_section(epochs, masks),
         width_section(masks),
         timing_section(epochs, masks),
         collapsed_section(masks),
     ]
     rf = rf_width_section(masks)
-    return sections + ([rf] if rf is not None else [])
+    return [s for s in (*sections, rf) if s is not None]

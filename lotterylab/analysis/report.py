@@ -187,7 +187,8 @@ def experiment_header(experiment: Experiment) -> list[str]:
         f"# Report of experiment `{experiment.name}` ({experiment.kind})",
         "",
         f"Results at `{experiment.uri}`; tables: {', '.join(tables) or 'none yet'}.",
-        "Numbers are statistics over seeds: mean ± std (ddof=0) or mean (min–max).",
+        "Numbers are statistics over seeds: mean ± std (ddof=0) or mean (min–max); intervals "
+        "are 95 % t intervals of the mean, and figure bands draw them.",
         "",
     ]
     if not experiment.spec:

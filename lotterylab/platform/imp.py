@@ -42,6 +42,7 @@ from lotterylab.platform.metrics import (
     cavity_by_removal_round,
     cavity_scores,
     preactivation_kurtosis,
+    structure_columns,
 )
 from lotterylab.platform.models import (
     apply_masks,
@@ -101,6 +102,7 @@ class IMPLineage:
         self.methods = [IMP, *self.imp.baselines]
         self.siblings = {name: sibling(name) for name in self.imp.baselines}
         model = self._fresh_model()
+        self.shape_model = model  # the architecture, for the masks' paths and MACs
         self.names = prunable_names(model, self.imp.prune_biases, self.imp.prune_output)
         self.first_layer = first_layer_name(model)
         # kurtosis, cavity scores and RF widths read a dense first layer on pixels
@@ -362,6 +364,7 @@ class IMPLineage:
                 masks[self.first_layer] if self.dense_first_layer else None, self.data.image_shape
             ),
             "wall_time_s": elapsed,
+            **structure_columns(self.shape_model, masks, self.data.image_shape),
         }
         return row
 

@@ -21,7 +21,7 @@ from lotterylab.platform.data.dataset import ImageDataset
 from lotterylab.platform.first_layer import rf_width_columns
 from lotterylab.platform.identity import pai_identity
 from lotterylab.platform.ids import short_hash
-from lotterylab.platform.metrics import layer_widths
+from lotterylab.platform.metrics import layer_widths, structure_columns
 from lotterylab.platform.models import (
     apply_masks,
     build_model,
@@ -110,6 +110,7 @@ class PaIRun:
         self.epochs = self.spec.training.epochs
         self.next_epoch = 0
         self.masks: dict[str, torch.Tensor] | None = None
+        self.initial_row: dict | None = None  # epoch 0's row, once prune() wrote it
         self.model = self._fresh_model().to(self.device)
         self.optimizer = make_optimizer(self.model, self.spec.training)
 
@@ -152,7 +153,7 @@ class PaIRun:
         self.store.write_json(f"runs/{self.id}/run.json", self._run_info())
         row = self._mask_row(scoring_time)
         self.store.write_rows(PAI_MASKS_TABLE, self.id, "masks", [row])
-        self._write_epoch_row(0, None, time.perf_counter() - start)
+        self.initial_row = self._write_epoch_row(0, None, time.perf_counter() - start)
         return row
 
     def run_epoch(self) -> dict:
@@ -264,6 +265,7 @@ class PaIRun:
         row = {
             **self._columns(),
             **widths.columns(),
+            **structure_columns(self.model, self.masks, self.data.image_shape),
             "scoring_time_s": scoring_time,
         }
         first = first_layer_name(self.model) if has_dense_first_layer(self.spec.model) else None

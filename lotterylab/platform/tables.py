@@ -15,6 +15,19 @@ CAVITY_TABLE = "cavity"
 PAI_EPOCHS_TABLE = "pai_epochs"
 PAI_MASKS_TABLE = "pai_masks"
 
+# What a mask leaves of the network (platform/metrics/structure.py); null in parts written
+# before these columns existed
+_STRUCTURE_FIELDS = [
+    pa.field("effective_density", pa.float64()),  # kept weights on an input-output path
+    pa.field("effective_units", pa.map_(pa.string(), pa.int64())),  # per layer
+    pa.field("disconnected", pa.bool_()),  # no input-to-output path at all
+    pa.field("log10_paths", pa.float64()),  # null when disconnected
+    pa.field("macs", pa.int64()),  # multiply-accumulates per sample with the mask
+    pa.field("dense_macs", pa.int64()),  # the same, every weight kept
+]
+
+OPTIONAL_COLUMNS = frozenset(f.name for f in _STRUCTURE_FIELDS)
+
 _LINEAGE_FIELDS = [
     pa.field("experiment", pa.string(), nullable=False),
     pa.field("lineage_id", pa.string(), nullable=False),
@@ -47,6 +60,7 @@ ROUNDS_SCHEMA = pa.schema(
         pa.field("rf_width_cross_mean", pa.float64()),
         pa.field("empty_units", pa.int64()),
         pa.field("wall_time_s", pa.float64(), nullable=False),
+        *_STRUCTURE_FIELDS,
     ]
 )
 
@@ -132,6 +146,7 @@ PAI_MASKS_SCHEMA = pa.schema(
         # first-layer RF width for dense first layers on images (FCN), else null
         pa.field("rf_width_median", pa.float64()),
         pa.field("rf_width_mean", pa.float64()),
+        *_STRUCTURE_FIELDS,
     ]
 )
 
@@ -217,9 +232,14 @@ SCHEMAS: dict[str, pa.Schema] = {
 
 
 def rows_to_table(table: str, rows: list[dict]) -> pa.Table:
-    """Build a table from row dicts, failing on a missing or unknown column."""
+    """Build a table from row dicts, failing on a missing or unknown column.
+
+    The mask-structure columns, added after tables were first stored, may be left out: they
+    are then null, as in parts written before they existed.
+    """
     schema = SCHEMAS[table]
     names = set(schema.names)
+    rows = [{**dict.fromkeys(OPTIONAL_COLUMNS & names), **row} for row in rows]
     for row in rows:
         missing, extra = names - row.keys(), row.keys() - names
         if missing or extra:
@@ -230,5 +250,7 @@ def rows_to_table(table: str, rows: list[dict]) -> pa.Table:
     columns = {name: [row[name] for row in rows] for name in schema.names}
     for field in schema:
         if pa.types.is_map(field.type):  # Arrow map columns take (key, value) pairs
-            columns[field.name] = [list(v.items()) for v in columns[field.name]]
+            columns[field.name] = [
+                None if v is None else list(v.items()) for v in columns[field.name]
+            ]
     return pa.Table.from_pydict(columns, schema=schema)

@@ -52,8 +52,12 @@ class PaIRunTrainable(tune.Trainable):
 
     def step(self) -> dict:
         mask_row = self.run.prune() if not self.run.pruned else None
-        row = self.run.run_epoch()
-        log_pai_epoch(self.run, row, pruned_now=mask_row is not None)
+        if self.run.done:  # scoring only (training.epochs: 0): epoch 0's row is the last
+            row = self.run.initial_row
+            log_pai_epoch(self.run, row, pruned_now=False)
+        else:
+            row = self.run.run_epoch()
+            log_pai_epoch(self.run, row, pruned_now=mask_row is not None)
         result = {
             "run_id": self.run.id,
             "epoch": row["epoch"],

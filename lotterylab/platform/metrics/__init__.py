@@ -13,6 +13,8 @@ from lotterylab.platform.metrics.cavity import (
 )
 from lotterylab.platform.metrics.classification import accuracy
 from lotterylab.platform.metrics.components import image_components
+from lotterylab.platform.metrics.connectivity import Connectivity, connectivity
+from lotterylab.platform.metrics.flops import MACs, count_macs
 from lotterylab.platform.metrics.kurtosis import (
     KURTOSIS_CHUNK_SIZE,
     PreactivationKurtosis,
@@ -29,6 +31,7 @@ from lotterylab.platform.metrics.rf import (
     rf_width,
     rf_width_summary,
 )
+from lotterylab.platform.metrics.structure import STRUCTURE_COLUMNS, structure_columns
 from lotterylab.platform.metrics.width import LayerWidths, layer_widths
 
 __all__ = [
@@ -39,13 +42,18 @@ __all__ = [
     "MIN_REMAINING_VARIANCE",
     "SIGMA_MAX_PER_PIXEL",
     "SIGMA_MIN",
+    "STRUCTURE_COLUMNS",
     "CavityByRound",
+    "Connectivity",
     "LayerWidths",
+    "MACs",
     "PreactivationKurtosis",
     "RFWidthSummary",
     "accuracy",
     "cavity_by_removal_round",
     "cavity_scores",
+    "connectivity",
+    "count_macs",
     "image_components",
     "layer_widths",
     "mask_autocorrelation",
@@ -54,4 +62,5 @@ __all__ = [
     "preactivation_kurtosis",
     "rf_width",
     "rf_width_summary",
+    "structure_columns",
 ]

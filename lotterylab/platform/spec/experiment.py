@@ -298,7 +298,8 @@ class ExperimentSpec(Strict):
 
     def trial_iterations(self) -> int:
         """Tune iterations of one trial: IMP rounds + 1, or PaI epochs."""
-        return self.imp.rounds + 1 if self.kind == "imp" else self.training.epochs
+        # a PaI trial's first step prunes, and trains its first epoch if it has one
+        return self.imp.rounds + 1 if self.kind == "imp" else max(1, self.training.epochs)
 
     def search_points(self) -> list[dict[str, Any]]:
         """The configurations checked before Ray starts: all of them, or Optuna's corners."""

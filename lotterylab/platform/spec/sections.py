@@ -36,8 +36,9 @@ class TrainingSpec(Strict):
     rewind_step: Annotated[int, Field(ge=0)] = Field(
         1000, description="step whose weights IMP rewinds to (kind imp)"
     )
-    epochs: Annotated[int, Field(ge=1, le=10**4)] | None = Field(
-        None, description="epochs of one PaI training (kind pai; required there)"
+    epochs: Annotated[int, Field(ge=0, le=10**4)] | None = Field(
+        None,
+        description="epochs of one PaI training (kind pai; required there); 0 scores only",
     )
     lr_drops: list[Annotated[int, Field(ge=1)]] = Field(
         [], description="steps (imp) or epochs (pai) after which the learning rate is multiplied"
