@@ -30,13 +30,13 @@ import common
 import ray
 import torch
 
-from lotterylab.cluster.analyze import AnalysisPool, PoolSize, shared_datasets
-from lotterylab.platform.analysis_units import CAVITY, KURTOSIS, NTK, list_units
+from lotterylab.cluster.post_run_pool import AnalysisPool, PoolSize, shared_datasets
 from lotterylab.platform.data.registry import build_datasets
-from lotterylab.platform.imp import IMPLineage, LineageConfig
-from lotterylab.platform.pai import PaIConfig, PaIRun, pai_grid
+from lotterylab.platform.imp.lineage import IMPLineage, LineageConfig
+from lotterylab.platform.pai.run import PaIConfig, PaIRun, pai_grid
+from lotterylab.platform.post_run import CAVITY, KURTOSIS, NTK, list_units
 from lotterylab.platform.spec import parse_spec
-from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.store.experiment_store import ExperimentStore
 
 NLGP = {"type": "nlgp", "grid": 16, "gain": 3.0, "n_train": 4000, "n_test": 500, "seed": 0}
 IMP_SPEC = {

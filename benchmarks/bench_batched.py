@@ -40,8 +40,8 @@ from common import cpu_model
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from lotterylab.platform.batched import train_batched
 from lotterylab.platform.data.dataset import ImageDataset
+from lotterylab.platform.imp.batched import train_batched
 from lotterylab.platform.models import FCNModel, build_fcn
 from lotterylab.platform.spec import TrainingSpec
 from lotterylab.platform.training import train

@@ -34,10 +34,10 @@ from common import environment
 
 from lotterylab.cluster.launch import run_experiment
 from lotterylab.platform.data.registry import build_datasets
-from lotterylab.platform.imp import IMPLineage, LineageConfig
-from lotterylab.platform.lineage_group import LineageGroup
+from lotterylab.platform.imp.group import LineageGroup
+from lotterylab.platform.imp.lineage import IMPLineage, LineageConfig
 from lotterylab.platform.spec import load_spec, parse_spec
-from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.store.experiment_store import ExperimentStore
 from lotterylab.trainables import search
 
 DEFAULT_SPEC = Path("experiments/default.yaml")

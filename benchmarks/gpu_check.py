@@ -438,9 +438,9 @@ def tune_spec(device: torch.device, sizes: dict) -> dict:
 
 def check_ray(device: torch.device, sizes: dict, workdir: Path) -> dict:
     from lotterylab.analysis import open_experiment
-    from lotterylab.cluster.analyze import analyze_experiment, pool_size
     from lotterylab.cluster.launch import run_experiment
-    from lotterylab.platform.analysis_units import COMPUTED
+    from lotterylab.cluster.post_run_pool import analyze_experiment, pool_size
+    from lotterylab.platform.post_run import COMPUTED
     from lotterylab.platform.spec import spec_from_text
 
     raw = tune_spec(device, sizes)

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 from lotterylab.cluster.signals import Interrupted
-from lotterylab.platform.lease import LeaseError
-from lotterylab.platform.ready_specs import spec_file
 from lotterylab.platform.spec import SpecError
-from lotterylab.platform.spec_overrides import is_override, load_with_overrides
-from lotterylab.platform.store import StoreError, credentials_problem
+from lotterylab.platform.spec.overrides import is_override, load_with_overrides
+from lotterylab.platform.spec.ready import spec_file
+from lotterylab.platform.store.experiment_store import StoreError, credentials_problem
+from lotterylab.platform.store.lease import LeaseError
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -142,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
 def _grid_summary(spec) -> str:
     grid = f"{len(spec.datasets)} data sets × {len(spec.seeds)} seeds"
     if spec.kind == "pai":
-        from lotterylab.platform.pai import pai_grid
+        from lotterylab.platform.pai.run import pai_grid
 
         pai = spec.pai
         grid += (
@@ -168,7 +168,7 @@ def _version() -> str:
 def _load(arguments: list[str], name: str | None = None, address: str | None = None):
     """SPEC (default: the packaged default spec) and its key=value overrides, refused if it
     cannot run here (data paths, a trial's memory)."""
-    from lotterylab.platform.spec_bounds import runnable_problems
+    from lotterylab.platform.spec.bounds import runnable_problems
 
     path = None
     if arguments and not is_override(arguments[0]):
@@ -269,13 +269,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "validate":
             spec, _ = _load(args.spec)
-            from lotterylab.platform.tracking import check_tracking
+            from lotterylab.platform.store.tracking import check_tracking
 
             check_tracking(spec)  # a tracker that cannot be reached is bad input
             print(f"{' '.join(args.spec) or 'default'}: valid ({_grid_summary(spec)})")
             return 0
         if args.command == "specs":
-            from lotterylab.platform.ready_specs import ready_specs
+            from lotterylab.platform.spec.ready import ready_specs
 
             specs = ready_specs()
             width = max(map(len, specs))
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:<{width}}  {summary}")
             return 0
         if args.command == "init":
-            from lotterylab.platform.ready_specs import copy_ready_spec
+            from lotterylab.platform.spec.ready import copy_ready_spec
 
             print(f"wrote {copy_ready_spec(args.name, args.destination)}")
             return 0
@@ -298,20 +298,20 @@ def main(argv: list[str] | None = None) -> int:
             return _report(resume_experiment(args.experiment, args.address))
         if args.command == "figures":
             from lotterylab.analysis.report import write_report
-            from lotterylab.platform.store import ExperimentStore
+            from lotterylab.platform.store.experiment_store import ExperimentStore
 
             stores = [ExperimentStore(uri) for uri in args.experiments]
             target = stores[0] if len(stores) == 1 else stores
             for path in write_report(target, out=args.out):
                 print(path)
             if args.out is None and len(stores) == 1:  # the figures of its summary run
-                from lotterylab.platform.tracking import track_stored_summary
+                from lotterylab.platform.store.tracking import track_stored_summary
 
                 track_stored_summary(stores[0])
             return 0
         if args.command == "analyze":
-            from lotterylab.cluster.analyze import analyze_experiment
-            from lotterylab.platform.analysis_units import parse_what
+            from lotterylab.cluster.post_run_pool import analyze_experiment
+            from lotterylab.platform.post_run import parse_what
 
             what = parse_what(args.what)  # a bad name is exit 2 before any work
             return _report_analysis(

@@ -27,8 +27,8 @@ from lotterylab.analysis.figures import (
     units_with_most_weights,
 )
 from lotterylab.analysis.report import first_layer_mask_panels
-from lotterylab.platform.masks import mask_after_round
-from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.imp.masks import mask_after_round
+from lotterylab.platform.store.experiment_store import ExperimentStore
 
 DATASETS = {"nlgp": [1, 4, 4], "nlgp_clone": [3, 4, 4]}
 SEEDS = (0, 1, 2)

@@ -17,8 +17,8 @@ from lotterylab.analysis import (
     write_report,
 )
 from lotterylab.analysis.paper1 import cavity_summary, fig4_summaries, last_round_rows
-from lotterylab.platform.masks import mask_after_round
-from lotterylab.platform.store import ExperimentStore, StoreError
+from lotterylab.platform.imp.masks import mask_after_round
+from lotterylab.platform.store.experiment_store import ExperimentStore, StoreError
 
 SEEDS = (0, 1, 2)
 METHODS = ("imp", "oneshot", "random")

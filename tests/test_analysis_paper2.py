@@ -9,7 +9,7 @@ import torch
 from lotterylab.analysis import open_experiment, write_report
 from lotterylab.analysis.paper2 import accuracy_summary, final_rows
 from lotterylab.platform.metrics import STRUCTURE_COLUMNS
-from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.store.experiment_store import ExperimentStore
 
 SEEDS = (0, 1, 2)
 DENSITIES = (0.64, 0.4096, 0.0180)

@@ -23,8 +23,20 @@ from torch import nn
 
 from lotterylab.analysis.spectra import spectrum_panels
 from lotterylab.cli import main
-from lotterylab.cluster.analyze import AnalysisPool, PoolSize, analyze_experiment, pool_size
-from lotterylab.platform.analysis_units import (
+from lotterylab.cluster.post_run_pool import AnalysisPool, PoolSize, analyze_experiment, pool_size
+from lotterylab.platform.data.registry import build_datasets
+from lotterylab.platform.imp.lineage import IMPLineage, LineageConfig
+from lotterylab.platform.imp.masks import mask_after_round, masks_after_round
+from lotterylab.platform.metrics import (
+    cavity_scores,
+    layer_widths,
+    ntk_spectrum,
+    preactivation_kurtosis,
+    rf_width,
+)
+from lotterylab.platform.models import apply_masks, build_model
+from lotterylab.platform.pai.run import PaIConfig, PaIRun, pai_grid
+from lotterylab.platform.post_run import (
     CAVITY,
     COMPUTED,
     KURTOSIS,
@@ -34,22 +46,10 @@ from lotterylab.platform.analysis_units import (
     list_units,
     parse_what,
 )
-from lotterylab.platform.data.registry import build_datasets
-from lotterylab.platform.imp import IMPLineage, LineageConfig
-from lotterylab.platform.lease import ExperimentLease
-from lotterylab.platform.masks import mask_after_round, masks_after_round
-from lotterylab.platform.metrics import (
-    cavity_scores,
-    layer_widths,
-    ntk_spectrum,
-    preactivation_kurtosis,
-    rf_width,
-)
-from lotterylab.platform.models import apply_masks, build_model
-from lotterylab.platform.pai import PaIConfig, PaIRun, pai_grid
 from lotterylab.platform.seeds import derived_seed
 from lotterylab.platform.spec import parse_spec
-from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.store.experiment_store import ExperimentStore
+from lotterylab.platform.store.lease import ExperimentLease
 
 IMP_ROUNDS = 2
 FRESH_UNIT_S = 0.3

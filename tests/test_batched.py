@@ -11,9 +11,9 @@ import copy
 import pytest
 import torch
 
-from lotterylab.platform import masks as mk
-from lotterylab.platform.batched import train_batched
 from lotterylab.platform.data.nlgp import make_nlgp, make_nlgp_clone
+from lotterylab.platform.imp import masks as mk
+from lotterylab.platform.imp.batched import train_batched
 from lotterylab.platform.models import FCNModel, apply_masks, build_fcn
 from lotterylab.platform.spec import TrainingSpec
 from lotterylab.platform.training import train

@@ -7,9 +7,11 @@ import yaml
 
 from lotterylab.cli import main
 from lotterylab.cluster.launch import branch_runs
-from lotterylab.platform.grid_values import GridValueError, match_densities, match_grid_value
-from lotterylab.platform.pai import PaIConfig, pai_grid
-from lotterylab.platform.ready_specs import (
+from lotterylab.platform.pai.run import PaIConfig, pai_grid
+from lotterylab.platform.spec import PAPER2_DENSITIES, SpecError, load_spec, parse_spec
+from lotterylab.platform.spec.grid_values import GridValueError, match_densities, match_grid_value
+from lotterylab.platform.spec.overrides import apply_overrides, is_override, load_with_overrides
+from lotterylab.platform.spec.ready import (
     SPECS_DIR,
     copy_ready_spec,
     default_spec_path,
@@ -17,9 +19,7 @@ from lotterylab.platform.ready_specs import (
     ready_specs,
     spec_summary,
 )
-from lotterylab.platform.spec import PAPER2_DENSITIES, SpecError, load_spec, parse_spec
-from lotterylab.platform.spec_overrides import apply_overrides, is_override, load_with_overrides
-from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.store.experiment_store import ExperimentStore
 
 # -- packaged specs ------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import matplotlib.image
 
-from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.store.experiment_store import ExperimentStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

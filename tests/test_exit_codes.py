@@ -16,9 +16,9 @@ from conftest import TINY_PAI
 
 from lotterylab.cli import EXIT_BAD_INPUT, main
 from lotterylab.platform.data.registry import build_datasets
-from lotterylab.platform.pai import PaIConfig, PaIRun, pai_grid
+from lotterylab.platform.pai.run import PaIConfig, PaIRun, pai_grid
 from lotterylab.platform.spec import parse_spec
-from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.store.experiment_store import ExperimentStore
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,12 +13,12 @@ import torch
 
 from lotterylab.cli import main
 from lotterylab.cluster.launch import ExperimentError, run_experiment
-from lotterylab.platform import masks as mk
 from lotterylab.platform.data.registry import build_dataset
-from lotterylab.platform.imp import IMPLineage, LineageConfig
-from lotterylab.platform.lineage_group import LineageGroup
+from lotterylab.platform.imp import masks as mk
+from lotterylab.platform.imp.group import LineageGroup
+from lotterylab.platform.imp.lineage import IMPLineage, LineageConfig
 from lotterylab.platform.spec import parse_spec
-from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.store.experiment_store import ExperimentStore
 
 METHODS = ("imp", "oneshot", "random")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lotterylab.platform.pai import pai_grid
+from lotterylab.platform.pai.run import pai_grid
 from lotterylab.platform.spec import PAPER2_DENSITIES, load_spec
 
 EXPERIMENTS = sorted((Path(__file__).parent.parent / "experiments").glob("*.yaml"))

@@ -5,14 +5,14 @@ import torch
 
 from lotterylab.analysis.experiment import open_experiment
 from lotterylab.cli import main
-from lotterylab.platform import masks as mk
 from lotterylab.platform.data.registry import build_dataset
 from lotterylab.platform.export import export_state, prune_identity
-from lotterylab.platform.imp import IMP, IMPLineage, LineageConfig, trained_path
+from lotterylab.platform.imp import masks as mk
+from lotterylab.platform.imp.lineage import IMP, IMPLineage, LineageConfig, trained_path
 from lotterylab.platform.models import apply_masks, build_model
-from lotterylab.platform.pai import PaIConfig, PaIRun
+from lotterylab.platform.pai.run import PaIConfig, PaIRun
 from lotterylab.platform.spec import parse_spec
-from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.store.experiment_store import ExperimentStore
 
 
 @pytest.fixture

@@ -27,15 +27,15 @@ import pytest
 from fsspec.registry import _registry
 from test_store import roundtrip
 
-from lotterylab.platform.lease import (
+from lotterylab.platform.spec import parse_spec
+from lotterylab.platform.store.experiment_store import ExperimentStore, StoreError
+from lotterylab.platform.store.lease import (
     ExperimentLease,
     LeaseError,
     LeaseHeldError,
     LeaseInfo,
     LeaseLostError,
 )
-from lotterylab.platform.spec import parse_spec
-from lotterylab.platform.store import ExperimentStore, StoreError
 
 BUCKET = "lotterylab-gcs"
 # gcsfs's zonal/hierarchical-bucket probe speaks gRPC over TLS, which the emulator lacks

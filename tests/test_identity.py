@@ -7,10 +7,14 @@ import copy
 
 from pydantic import Field
 
-from lotterylab.platform.identity import PINNED, data_identity, section_identity
-from lotterylab.platform.imp import LineageConfig
-from lotterylab.platform.pai import PaIConfig
+from lotterylab.platform.imp.lineage import LineageConfig
+from lotterylab.platform.pai.run import PaIConfig
 from lotterylab.platform.spec import IMPSpec, TrainingSpec, parse_spec
+from lotterylab.platform.store.identity import (
+    PINNED,
+    data_identity,
+    section_identity,
+)
 
 
 class LaterTraining(TrainingSpec):

@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from lotterylab.platform import masks as mk
 from lotterylab.platform.data.registry import build_dataset
-from lotterylab.platform.imp import IMP, IMPLineage, LineageConfig
+from lotterylab.platform.imp import masks as mk
+from lotterylab.platform.imp.lineage import IMP, IMPLineage, LineageConfig
 from lotterylab.platform.models import FCN, apply_masks
 from lotterylab.platform.spec import parse_spec
-from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.store.experiment_store import ExperimentStore
 
 
 def make_lineage(spec_dict, tmp_path, dataset="nlgp", seed=0, folder="exp"):

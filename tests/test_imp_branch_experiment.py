@@ -11,10 +11,10 @@ import torch
 from lotterylab.cli import main
 from lotterylab.cluster.launch import run_experiment
 from lotterylab.platform.data.registry import build_dataset
-from lotterylab.platform.imp import LineageConfig
-from lotterylab.platform.imp_branches import IMPBranch, IMPBranchConfig
+from lotterylab.platform.imp.branches import IMPBranch, IMPBranchConfig
+from lotterylab.platform.imp.lineage import LineageConfig
 from lotterylab.platform.spec import parse_spec
-from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.store.experiment_store import ExperimentStore
 
 
 def test_branches_of_an_imp_experiment_from_the_cli_survive_a_killed_driver(

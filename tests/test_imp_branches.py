@@ -6,13 +6,13 @@ import pytest
 import torch
 from conftest import TINY_SPEC
 
-from lotterylab.platform import masks as mk
 from lotterylab.platform.data.registry import build_dataset
-from lotterylab.platform.imp import IMP, IMPLineage, LineageConfig, trained_path
-from lotterylab.platform.imp_branches import IMPBranch, IMPBranchConfig
+from lotterylab.platform.imp import masks as mk
+from lotterylab.platform.imp.branches import IMPBranch, IMPBranchConfig
+from lotterylab.platform.imp.lineage import IMP, IMPLineage, LineageConfig, trained_path
 from lotterylab.platform.spec import parse_spec
-from lotterylab.platform.store import ExperimentStore, StoreError
-from lotterylab.platform.tables import IMP_BRANCHES_TABLE, ROUNDS_SCHEMA
+from lotterylab.platform.store.experiment_store import ExperimentStore, StoreError
+from lotterylab.platform.store.tables import IMP_BRANCHES_TABLE, ROUNDS_SCHEMA
 
 
 def tiny(spec_dict):

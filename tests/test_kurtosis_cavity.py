@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy.stats import kurtosis as scipy_kurtosis
 
-from lotterylab.platform import masks as mk
 from lotterylab.platform.data.nlgp import make_nlgp
+from lotterylab.platform.imp import masks as mk
 from lotterylab.platform.metrics import (
     CavityByRound,
     PreactivationKurtosis,

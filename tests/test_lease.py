@@ -14,14 +14,14 @@ import uuid
 
 import pytest
 
-from lotterylab.platform.lease import (
+from lotterylab.platform.store.experiment_store import ExperimentStore
+from lotterylab.platform.store.lease import (
     ExperimentLease,
     LeaseError,
     LeaseHeldError,
     LeaseInfo,
     LeaseLostError,
 )
-from lotterylab.platform.store import ExperimentStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -178,8 +178,8 @@ def test_racing_writers_exactly_one_wins(experiment_uri, stale):
 
 CHILD = """
 import sys, time
-from lotterylab.platform.lease import ExperimentLease, LeaseHeldError
-from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.store.lease import ExperimentLease, LeaseHeldError
+from lotterylab.platform.store.experiment_store import ExperimentStore
 uri, start, ttl = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 lease = ExperimentLease(ExperimentStore(uri), ttl_s=ttl, heartbeat_s=ttl / 5)
 time.sleep(max(0.0, start - time.time()))

@@ -4,14 +4,14 @@ import pytest
 import torch
 
 from lotterylab.platform.data.registry import build_dataset
-from lotterylab.platform.imp import IMPLineage, LineageConfig
-from lotterylab.platform.lineage_group import (
+from lotterylab.platform.imp.group import (
     LineageGroup,
     group_lineages,
     lineages_per_group,
 )
+from lotterylab.platform.imp.lineage import IMPLineage, LineageConfig
 from lotterylab.platform.spec import parse_spec
-from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.store.experiment_store import ExperimentStore
 
 MEMBERS = [("nlgp", 0), ("nlgp", 1), ("nlgp_clone", 0)]
 

@@ -24,12 +24,12 @@ from ray._private.internal_api import node_stats
 from ray.cluster_utils import Cluster
 
 from lotterylab.cluster.launch import run_experiment
-from lotterylab.platform import masks as mk
 from lotterylab.platform.data.registry import build_dataset, build_datasets
-from lotterylab.platform.imp import IMPLineage, LineageConfig
-from lotterylab.platform.pai import PaIConfig, PaIRun, pai_grid
+from lotterylab.platform.imp import masks as mk
+from lotterylab.platform.imp.lineage import IMPLineage, LineageConfig
+from lotterylab.platform.pai.run import PaIConfig, PaIRun, pai_grid
 from lotterylab.platform.spec import parse_spec
-from lotterylab.platform.store import ExperimentStore, StoreError
+from lotterylab.platform.store.experiment_store import ExperimentStore, StoreError
 
 WORKERS = 2
 WORKER_CPUS = 2

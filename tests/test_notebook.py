@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from lotterylab.platform.data.registry import build_dataset
-from lotterylab.platform.imp import IMPLineage, LineageConfig
-from lotterylab.platform.lineage_group import LineageGroup
-from lotterylab.platform.pai import PaIConfig, PaIRun
+from lotterylab.platform.imp.group import LineageGroup
+from lotterylab.platform.imp.lineage import IMPLineage, LineageConfig
+from lotterylab.platform.pai.run import PaIConfig, PaIRun
 from lotterylab.platform.spec import parse_spec
-from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.store.experiment_store import ExperimentStore
 
 nbclient = pytest.importorskip("nbclient")
 nbformat = pytest.importorskip("nbformat")

@@ -26,7 +26,7 @@ import torch
 from lotterylab.cluster import credentials
 from lotterylab.cluster.credentials import hide_secrets, restore_secrets
 from lotterylab.platform.spec import parse_spec
-from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.store.experiment_store import ExperimentStore
 
 METHODS = ("imp", "oneshot", "random")
 AWS_VARIABLES = (*credentials.MOVED_VARIABLES, *credentials.POINTER_VARIABLES)

@@ -8,9 +8,9 @@ import torch
 
 from lotterylab.platform.data.registry import build_dataset
 from lotterylab.platform.device import trial_device
-from lotterylab.platform.pai import PaIConfig, PaIRun
+from lotterylab.platform.pai.run import PaIConfig, PaIRun
 from lotterylab.platform.spec import SpecError, parse_spec
-from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.store.experiment_store import ExperimentStore
 
 
 def make_run(spec_dict, tmp_path, method="snip", density=0.2, folder="exp", **branch):

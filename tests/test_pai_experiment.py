@@ -3,7 +3,7 @@
 from lotterylab.cli import main
 from lotterylab.cluster.launch import run_experiment
 from lotterylab.platform.spec import parse_spec
-from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.store.experiment_store import ExperimentStore
 
 
 def test_pai_grid_through_tune_then_a_branch_from_the_cli(pai_spec_dict, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.store.experiment_store import ExperimentStore
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -28,7 +28,7 @@ from torch import nn
 
 from lotterylab.platform.data.dataset import ImageDataset
 from lotterylab.platform.data.registry import DataSource
-from lotterylab.platform.imp_methods import Sibling
+from lotterylab.platform.imp.siblings import Sibling
 from lotterylab.platform.models import ModelEntry
 from lotterylab.platform.pruning import Method
 from lotterylab.platform.schema import Strict

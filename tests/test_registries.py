@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lotterylab.platform.data.registry import DATA_SOURCES, DataContext, source, train_size
-from lotterylab.platform.imp_methods import SIBLINGS, RoundContext
+from lotterylab.platform.imp.siblings import SIBLINGS, RoundContext
 from lotterylab.platform.models import MODELS, build_model, first_layer_name, model_names
 from lotterylab.platform.pruning import METHODS, keep_top, method_names, prune_at_init
 from lotterylab.platform.spec import parse_spec
@@ -55,7 +55,7 @@ def test_model_entry_builds_deterministically_and_does_what_it_declares(name):
             assert a.first_layer_inputs(x).shape == (2, math.prod(SHAPE))
         assert all(torch.equal(v, state[k]) for k, v in a.state_dict().items())
     if entry.stacks:
-        from lotterylab.platform.batched import BatchedFCN
+        from lotterylab.platform.imp.batched import BatchedFCN
 
         BatchedFCN([a, b])  # refuses models whose shapes it cannot stack
 

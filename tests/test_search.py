@@ -18,10 +18,10 @@ from ray.tune.search.optuna import OptunaSearch
 
 from lotterylab.analysis.experiment import open_experiment
 from lotterylab.analysis.searches import search_table
-from lotterylab.platform.imp import LineageConfig
-from lotterylab.platform.pai import pai_grid
+from lotterylab.platform.imp.lineage import LineageConfig
+from lotterylab.platform.pai.run import pai_grid
 from lotterylab.platform.spec import SpecError, parse_spec
-from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.store.experiment_store import ExperimentStore
 from lotterylab.trainables.pai_run import pai_config
 from lotterylab.trainables.search import (
     GridRepeater,

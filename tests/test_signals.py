@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from lotterylab.platform.lease import LEASE_FILE
-from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.store.experiment_store import ExperimentStore
+from lotterylab.platform.store.lease import LEASE_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 SAFETY_NET_S = 900  # only a hung driver gets this far; the test waits on a row file

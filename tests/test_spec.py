@@ -3,9 +3,9 @@ import sys
 
 import pytest
 
-from lotterylab.platform.ids import canonical_json, lineage_id, short_hash
-from lotterylab.platform.imp import LineageConfig
+from lotterylab.platform.imp.lineage import LineageConfig
 from lotterylab.platform.spec import SpecError, load_spec, parse_spec
+from lotterylab.platform.store.ids import canonical_json, lineage_id, short_hash
 
 
 def test_default_spec_is_valid_and_reaches_95_percent():

@@ -12,8 +12,8 @@ import yaml
 from lotterylab.cli import EXIT_BAD_INPUT, main
 from lotterylab.platform.models.registry import build_model
 from lotterylab.platform.spec import load_spec, parse_spec
-from lotterylab.platform.spec_bounds import MAX_GRID, estimate_trial_memory
-from lotterylab.platform.spec_yaml import MAX_SPEC_BYTES
+from lotterylab.platform.spec.bounds import MAX_GRID, estimate_trial_memory
+from lotterylab.platform.spec.safe_yaml import MAX_SPEC_BYTES
 
 
 def validate(capsys, path) -> tuple[int, str]:

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from lotterylab.platform.store import ExperimentStore, StoreError
+from lotterylab.platform.store.experiment_store import ExperimentStore, StoreError
 
 ROW = {
     "experiment": "e",

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from lotterylab.analysis import open_experiment
-from lotterylab.platform.analysis_units import dense_reference
-from lotterylab.platform.imp import LineageConfig
-from lotterylab.platform.pai import PaIConfig, pai_grid
+from lotterylab.platform.imp.lineage import LineageConfig
+from lotterylab.platform.pai.run import PaIConfig, pai_grid
+from lotterylab.platform.post_run import dense_reference
 from lotterylab.platform.spec import parse_spec
 
 FIXTURES = Path(__file__).parent / "fixtures"

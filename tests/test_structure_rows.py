@@ -4,14 +4,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lotterylab.platform import masks as mk
 from lotterylab.platform.data.registry import build_dataset
-from lotterylab.platform.imp import IMPLineage, LineageConfig
+from lotterylab.platform.imp import masks as mk
+from lotterylab.platform.imp.lineage import IMPLineage, LineageConfig
 from lotterylab.platform.metrics import STRUCTURE_COLUMNS, connectivity, count_macs
-from lotterylab.platform.pai import PaIConfig, PaIRun
+from lotterylab.platform.pai.run import PaIConfig, PaIRun
 from lotterylab.platform.spec import parse_spec
-from lotterylab.platform.store import ExperimentStore
-from lotterylab.platform.tables import PAI_MASKS_SCHEMA, PAI_MASKS_TABLE, ROUNDS_TABLE
+from lotterylab.platform.store.experiment_store import ExperimentStore
+from lotterylab.platform.store.tables import (
+    PAI_MASKS_SCHEMA,
+    PAI_MASKS_TABLE,
+    ROUNDS_TABLE,
+)
 
 
 def test_pai_mask_row_holds_connectivity_and_macs(pai_spec_dict, tmp_path):

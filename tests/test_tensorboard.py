@@ -18,11 +18,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lotterylab.analysis import open_experiment
 from lotterylab.cluster.launch import run_experiment
 from lotterylab.platform.data.registry import build_datasets
-from lotterylab.platform.imp import IMPLineage, LineageConfig
+from lotterylab.platform.imp.lineage import IMPLineage, LineageConfig
 from lotterylab.platform.models import FIRST_LAYER
 from lotterylab.platform.spec import parse_spec
-from lotterylab.platform.store import ExperimentStore
-from lotterylab.platform.tensorboard_log import (
+from lotterylab.platform.store.experiment_store import ExperimentStore
+from lotterylab.platform.store.tensorboard import (
     MASK_GAP,
     MASK_TAG,
     MIN_TILE,

@@ -16,14 +16,14 @@ import torch
 
 from lotterylab.cli import main
 from lotterylab.platform.data.registry import build_dataset
-from lotterylab.platform.imp import IMPLineage, LineageConfig
+from lotterylab.platform.imp.lineage import IMPLineage, LineageConfig
 from lotterylab.platform.spec import SpecError, parse_spec
-from lotterylab.platform.store import ExperimentStore
-from lotterylab.platform.tracking import tracked_store
-from lotterylab.platform.tracking.rows import external_id
+from lotterylab.platform.store.experiment_store import ExperimentStore
+from lotterylab.platform.store.tracking import tracked_store
+from lotterylab.platform.store.tracking.rows import external_id
 
 mlflow = pytest.importorskip("mlflow")
-wandb_backend = pytest.importorskip("lotterylab.platform.tracking.wandb_backend")
+wandb_backend = pytest.importorskip("lotterylab.platform.store.tracking.wandb_backend")
 
 METHODS = ("imp", "oneshot", "random")
 
@@ -88,7 +88,7 @@ def test_tracking_changes_no_lineage_id_and_holds_no_credentials(tiny_spec_dict,
 
 def test_the_platform_imports_without_the_trackers():
     code = (
-        "import sys; import lotterylab.platform.tracking, lotterylab.platform.spec, "
+        "import sys; import lotterylab.platform.store.tracking, lotterylab.platform.spec, "
         "lotterylab.trainables.imp_lineage; "
         "print(sorted(m for m in ('mlflow', 'wandb') if m in sys.modules))"
     )
@@ -270,7 +270,7 @@ def test_killed_driver_resumes_the_same_tracker_runs(
 
 
 def test_a_pai_run_logs_its_mask_and_every_epoch(pai_spec_dict, tmp_path):
-    from lotterylab.platform.pai import PaIConfig, PaIRun
+    from lotterylab.platform.pai.run import PaIConfig, PaIRun
 
     pai_spec_dict["model"] = {"name": "fcn", "hidden": [16]}
     pai_spec_dict["training"].update(epochs=2, augment="none")

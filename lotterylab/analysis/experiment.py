@@ -15,12 +15,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lotterylab.platform.imp import IMP, trained_path
-from lotterylab.platform.masks import mask_after_round
+from lotterylab.platform.imp.lineage import IMP, trained_path
+from lotterylab.platform.imp.masks import mask_after_round
 from lotterylab.platform.models import apply_masks, build_model, output_layer_name
 from lotterylab.platform.spec import parse_spec
-from lotterylab.platform.store import ExperimentStore, StoreError
-from lotterylab.platform.tables import (
+from lotterylab.platform.store.experiment_store import ExperimentStore, StoreError
+from lotterylab.platform.store.tables import (
     CAVITY_TABLE,
     IMP_BRANCHES_TABLE,
     KURTOSIS_TABLE,

@@ -36,8 +36,8 @@ from lotterylab.analysis.figures import (
 from lotterylab.analysis.markdown import MISSING, mean_range, number, percent, spread, table
 from lotterylab.analysis.sections import Section
 from lotterylab.analysis.stats import comparison_sentence, pairwise_comparisons
-from lotterylab.platform.imp import IMP
-from lotterylab.platform.masks import mask_after_round
+from lotterylab.platform.imp.lineage import IMP
+from lotterylab.platform.imp.masks import mask_after_round
 
 EXAMPLES_PER_ROW = 8
 COMPONENTS_SHOWN = 16

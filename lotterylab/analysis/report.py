@@ -40,8 +40,8 @@ from lotterylab.analysis.paper1 import (
 from lotterylab.analysis.paper2 import pai_sections
 from lotterylab.analysis.searches import best_ids, only_ids, search_section, search_table
 from lotterylab.analysis.sections import Section
-from lotterylab.platform.store import ExperimentStore
-from lotterylab.platform.tables import IMP_BRANCHES_TABLE
+from lotterylab.platform.store.experiment_store import ExperimentStore
+from lotterylab.platform.store.tables import IMP_BRANCHES_TABLE
 
 FIGURES = "figures"
 COMPARE = "figures/compare"

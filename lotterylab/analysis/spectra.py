@@ -21,8 +21,8 @@ from matplotlib.figure import Figure
 
 from lotterylab.analysis.figures import Output, ordered_methods, save_png, series_styles
 from lotterylab.analysis.paper2 import sparsity_label, with_series
-from lotterylab.platform.analysis_units import DENSE, NTK, eigen_rank
-from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.post_run import DENSE, NTK, eigen_rank
+from lotterylab.platform.store.experiment_store import ExperimentStore
 
 NTK_TABLE = f"analysis_{NTK}"
 FIGURES = "figures"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from lotterylab.platform.store import ExperimentStore
-from lotterylab.platform.tables import ROUNDS_TABLE
+from lotterylab.platform.store.experiment_store import ExperimentStore
+from lotterylab.platform.store.tables import ROUNDS_TABLE
 
 ROW_ORDER = ["dataset", "method", "seed", "round", "lineage_id"]
 

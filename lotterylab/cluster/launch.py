@@ -10,15 +10,15 @@ from lotterylab.analysis.report import write_report
 from lotterylab.cluster.connection import connect, disconnect
 from lotterylab.cluster.signals import StopOnSignals
 from lotterylab.platform.data.registry import build_datasets
-from lotterylab.platform.data_artifacts import write_data_artifacts
-from lotterylab.platform.grid_values import match_densities
-from lotterylab.platform.ids import short_hash
-from lotterylab.platform.imp_branches import BRANCH_KINDS
-from lotterylab.platform.lease import ExperimentLease
-from lotterylab.platform.pai import BRANCHES, PaIConfig, pai_grid
+from lotterylab.platform.imp.branches import BRANCH_KINDS
+from lotterylab.platform.pai.run import BRANCHES, PaIConfig, pai_grid
 from lotterylab.platform.spec import ExperimentSpec, spec_from_text
-from lotterylab.platform.store import ExperimentStore, normalise_uri
-from lotterylab.platform.tracking import check_tracking, track_summary
+from lotterylab.platform.spec.grid_values import match_densities
+from lotterylab.platform.store.data_artifacts import write_data_artifacts
+from lotterylab.platform.store.experiment_store import ExperimentStore, normalise_uri
+from lotterylab.platform.store.ids import short_hash
+from lotterylab.platform.store.lease import ExperimentLease
+from lotterylab.platform.store.tracking import check_tracking, track_summary
 from lotterylab.trainables import search
 from lotterylab.trainables.imp_branch import imp_branch_config
 

@@ -13,10 +13,10 @@ from ray import tune
 
 from lotterylab.platform.data.dataset import ImageDataset
 from lotterylab.platform.device import trial_device
-from lotterylab.platform.imp import LineageConfig
-from lotterylab.platform.imp_branches import IMPBranch, IMPBranchConfig
+from lotterylab.platform.imp.branches import IMPBranch, IMPBranchConfig
+from lotterylab.platform.imp.lineage import LineageConfig
 from lotterylab.platform.spec import ExperimentSpec
-from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.store.experiment_store import ExperimentStore
 
 CHECKPOINT_FILE = "branch.pt"
 

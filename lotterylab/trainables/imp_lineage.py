@@ -15,11 +15,11 @@ from ray import tune
 
 from lotterylab.platform.data.dataset import ImageDataset
 from lotterylab.platform.device import trial_device
-from lotterylab.platform.imp import IMP, IMPLineage, LineageConfig
-from lotterylab.platform.lineage_group import LineageGroup
+from lotterylab.platform.imp.group import LineageGroup
+from lotterylab.platform.imp.lineage import IMP, IMPLineage, LineageConfig
 from lotterylab.platform.spec import ExperimentSpec
-from lotterylab.platform.tensorboard_log import log_imp_round
-from lotterylab.platform.tracking import tracked_store
+from lotterylab.platform.store.tensorboard import log_imp_round
+from lotterylab.platform.store.tracking import tracked_store
 
 CHECKPOINT_FILE = "lineage.pt"
 REPORTED = ("sparsity_first_layer", "test_accuracy", "rf_width_median")

@@ -13,10 +13,10 @@ from ray import tune
 
 from lotterylab.platform.data.dataset import ImageDataset
 from lotterylab.platform.device import trial_device
-from lotterylab.platform.pai import PaIConfig, PaIRun
+from lotterylab.platform.pai.run import PaIConfig, PaIRun
 from lotterylab.platform.spec import ExperimentSpec
-from lotterylab.platform.tensorboard_log import log_pai_epoch
-from lotterylab.platform.tracking import tracked_store
+from lotterylab.platform.store.tensorboard import log_pai_epoch
+from lotterylab.platform.store.tracking import tracked_store
 
 CHECKPOINT_FILE = "run.pt"
 

@@ -29,17 +29,17 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from lotterylab.platform.data.dataset import ImageDataset
-from lotterylab.platform.ids import canonical_json
-from lotterylab.platform.imp import LineageConfig
-from lotterylab.platform.lineage_group import (
+from lotterylab.platform.imp.group import (
     AUTO_GROUP_LIMIT,
     group_lineages,
     lineages_per_group,
     stacks,
 )
-from lotterylab.platform.pai import pai_grid
+from lotterylab.platform.imp.lineage import LineageConfig
+from lotterylab.platform.pai.run import pai_grid
 from lotterylab.platform.spec import Distribution, ExperimentSpec
-from lotterylab.platform.store import normalise_uri
+from lotterylab.platform.store.experiment_store import normalise_uri
+from lotterylab.platform.store.ids import canonical_json
 from lotterylab.trainables.imp_branch import IMPBranchTrainable, imp_branch_config
 from lotterylab.trainables.imp_lineage import IMPLineageTrainable, trial_members
 from lotterylab.trainables.pai_run import PaIRunTrainable, pai_config

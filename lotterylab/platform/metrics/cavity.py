@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lotterylab.platform.masks import ALIVE
+from lotterylab.platform.imp.masks import ALIVE
 from lotterylab.platform.metrics._layer import check_layer, input_means, kurtosis_from_moments
 
 CAVITY_CHUNK_SIZE = 2048
@@ -103,7 +103,7 @@ def cavity_by_removal_round(
 ) -> CavityByRound:
     """N_W · cavity averaged by removal round over the weights alive at ``evaluated_at_round``.
 
-    As in :mod:`lotterylab.platform.masks`, ``removal_round`` n means pruned at the end of round
+    As in :mod:`lotterylab.platform.imp.masks`, ``removal_round`` n means pruned at the end of round
     n and -1 never; round n trains under the mask after round n-1, so the weights evaluated at
     round n are those with removal round -1 or >= n. Paper 1, Fig. 5B (round 0) and 5C.
     NaN scores (weights that are exactly zero, see :func:`cavity_scores`) are counted in

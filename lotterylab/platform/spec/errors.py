@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from lotterylab.platform.spec_yaml import one_line, shown
+from lotterylab.platform.spec.safe_yaml import one_line, shown
 
 
 class SpecError(ValueError):

@@ -22,7 +22,7 @@ from lotterylab.platform.data.registry import (
     source,
 )
 from lotterylab.platform.data.registry import train_size as data_train_size
-from lotterylab.platform.imp_methods import sibling
+from lotterylab.platform.imp.siblings import sibling
 from lotterylab.platform.models import (
     DEFAULT_MODEL,
     MODELS,
@@ -31,7 +31,9 @@ from lotterylab.platform.models import (
     model_task,
 )
 from lotterylab.platform.schema import NAME_PATTERN, Strict
+from lotterylab.platform.spec.bounds import grid_problem, storage_problem
 from lotterylab.platform.spec.errors import error_lines, scalar_kind
+from lotterylab.platform.spec.safe_yaml import shown
 from lotterylab.platform.spec.search import (
     MINIMISED_METRICS,
     OTHER_KIND_FIELDS,
@@ -46,9 +48,7 @@ from lotterylab.platform.spec.sections import (
     RunSpec,
     TrainingSpec,
 )
-from lotterylab.platform.spec_bounds import grid_problem, storage_problem
-from lotterylab.platform.spec_yaml import shown
-from lotterylab.platform.tracking.spec import TrackingSpec
+from lotterylab.platform.store.tracking.spec import TrackingSpec
 
 KINDS = ("imp", "pai")
 TORCH_SEEDS = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts

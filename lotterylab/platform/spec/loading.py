@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from lotterylab.platform.spec.errors import SpecError, format_errors, model_booleans
 from lotterylab.platform.spec.experiment import ExperimentSpec, with_defaults
-from lotterylab.platform.spec_yaml import (
+from lotterylab.platform.spec.safe_yaml import (
     SpecYAMLError,
     load_yaml_text,
     read_spec_file,

@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from lotterylab.platform.ids import canonical_json
 from lotterylab.platform.schema import Strict
+from lotterylab.platform.store.ids import canonical_json
 
 SEARCH_ALGORITHMS = ("random", "grid", "optuna")
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")

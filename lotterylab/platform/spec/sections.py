@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, create_model, field_validator, model_validator
 
-from lotterylab.platform.imp_methods import SIBLINGS, sibling_names
+from lotterylab.platform.imp.siblings import SIBLINGS, sibling_names
 from lotterylab.platform.pruning import hparams_class, method_names, single_shot_names
 from lotterylab.platform.schema import Strict
 

@@ -16,8 +16,8 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
 from lotterylab.platform.data.registry import DataContext, source
-from lotterylab.platform.ids import canonical_json
 from lotterylab.platform.schema import Strict
+from lotterylab.platform.store.ids import canonical_json
 
 # fields hashed at any value, per section, as when ids were first pinned
 _TRAINING = ("optimizer", "lr", "batch_size", "steps", "rewind_step", "eval_batch_size")

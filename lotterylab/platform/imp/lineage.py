@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lotterylab.platform import masks as mk
 from lotterylab.platform.data.dataset import ImageDataset
 from lotterylab.platform.first_layer import (
     finite_or_none,
@@ -35,9 +34,9 @@ from lotterylab.platform.first_layer import (
     kurtosis_columns,
     rf_width_columns,
 )
-from lotterylab.platform.identity import lineage_identity
-from lotterylab.platform.ids import lineage_id
-from lotterylab.platform.imp_methods import RoundContext, sibling
+from lotterylab.platform.imp import masks as mk
+from lotterylab.platform.imp.round_trainings import Training, run_trainings
+from lotterylab.platform.imp.siblings import RoundContext, sibling
 from lotterylab.platform.metrics import (
     cavity_by_removal_round,
     cavity_scores,
@@ -53,11 +52,16 @@ from lotterylab.platform.models import (
     prunable_names,
 )
 from lotterylab.platform.pruning import keep_top
-from lotterylab.platform.round_trainings import Training, run_trainings
 from lotterylab.platform.seeds import derived_seed
 from lotterylab.platform.spec import ExperimentSpec
-from lotterylab.platform.store import ExperimentStore
-from lotterylab.platform.tables import CAVITY_TABLE, KURTOSIS_TABLE, ROUNDS_TABLE
+from lotterylab.platform.store.experiment_store import ExperimentStore
+from lotterylab.platform.store.identity import lineage_identity
+from lotterylab.platform.store.ids import lineage_id
+from lotterylab.platform.store.tables import (
+    CAVITY_TABLE,
+    KURTOSIS_TABLE,
+    ROUNDS_TABLE,
+)
 from lotterylab.platform.training import evaluate
 
 IMP = "imp"

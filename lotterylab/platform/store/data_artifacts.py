@@ -10,7 +10,7 @@ from lotterylab.platform.data.dataset import ImageDataset
 from lotterylab.platform.data.sample_patches import sample_image_patches
 from lotterylab.platform.metrics import image_components
 from lotterylab.platform.spec import ExperimentSpec
-from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.store.experiment_store import ExperimentStore
 
 
 def write_data_artifacts(

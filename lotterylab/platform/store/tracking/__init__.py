@@ -17,9 +17,18 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 
-from lotterylab.platform.store import ExperimentStore
-from lotterylab.platform.tracking.rows import SUMMARY_KEY, TRACKED_TABLES, flatten, tracked_steps
-from lotterylab.platform.tracking.spec import MLflowSpec, TrackingSpec, WandbSpec
+from lotterylab.platform.store.experiment_store import ExperimentStore
+from lotterylab.platform.store.tracking.rows import (
+    SUMMARY_KEY,
+    TRACKED_TABLES,
+    flatten,
+    tracked_steps,
+)
+from lotterylab.platform.store.tracking.spec import (
+    MLflowSpec,
+    TrackingSpec,
+    WandbSpec,
+)
 
 if TYPE_CHECKING:
     from lotterylab.platform.spec import ExperimentSpec
@@ -42,11 +51,11 @@ SUMMARY_SUFFIXES = (".png", ".pdf", ".svg", ".md")
 def _backends(tracking: TrackingSpec, experiment_uri: str) -> list[Any]:
     backends = []
     if tracking.mlflow is not None:
-        from lotterylab.platform.tracking.mlflow_backend import MLflowBackend
+        from lotterylab.platform.store.tracking.mlflow_backend import MLflowBackend
 
         backends.append(MLflowBackend(tracking.mlflow, experiment_uri))
     if tracking.wandb is not None:
-        from lotterylab.platform.tracking.wandb_backend import WandbBackend
+        from lotterylab.platform.store.tracking.wandb_backend import WandbBackend
 
         backends.append(WandbBackend(tracking.wandb, experiment_uri))
     return backends
@@ -67,13 +76,13 @@ def check_tracking(spec: ExperimentSpec) -> None:
         return
     if tracking.mlflow is not None:
         try:
-            from lotterylab.platform.tracking import mlflow_backend
+            from lotterylab.platform.store.tracking import mlflow_backend
         except ImportError as error:
             raise _missing("mlflow") from error
         mlflow_backend.check(tracking.mlflow)
     if tracking.wandb is not None:
         try:
-            from lotterylab.platform.tracking import wandb_backend
+            from lotterylab.platform.store.tracking import wandb_backend
         except ImportError as error:
             raise _missing("wandb") from error
         wandb_backend.check(tracking.wandb)

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
-from lotterylab.platform.tables import SCHEMAS, rows_to_table
+from lotterylab.platform.store.tables import SCHEMAS, rows_to_table
 
 
 class StoreError(RuntimeError):

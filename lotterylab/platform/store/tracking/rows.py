@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from lotterylab.platform.tables import (
+from lotterylab.platform.store.tables import (
     KURTOSIS_TABLE,
     PAI_EPOCHS_TABLE,
     PAI_MASKS_TABLE,

@@ -34,11 +34,11 @@ from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from lotterylab.platform import masks as mk
+from lotterylab.platform.imp import masks as mk
 from lotterylab.platform.metrics import layer_widths
 from lotterylab.platform.models import first_layer_name, has_dense_first_layer
-from lotterylab.platform.store import ExperimentStore
-from lotterylab.platform.tables import (
+from lotterylab.platform.store.experiment_store import ExperimentStore
+from lotterylab.platform.store.tables import (
     KURTOSIS_TABLE,
     PAI_EPOCHS_TABLE,
     PAI_MASKS_TABLE,
@@ -46,8 +46,8 @@ from lotterylab.platform.tables import (
 )
 
 if TYPE_CHECKING:
-    from lotterylab.platform.imp import IMPLineage
-    from lotterylab.platform.pai import PaIRun
+    from lotterylab.platform.imp.lineage import IMPLineage
+    from lotterylab.platform.pai.run import PaIRun
 
 TENSORBOARD_DIR = "tensorboard"
 MASK_TAG = "masks/first_layer"

@@ -18,8 +18,8 @@ from collections.abc import Iterator, Mapping
 import wandb
 from wandb.proto import wandb_internal_pb2
 
-from lotterylab.platform.tracking.rows import TrackedStep, external_id
-from lotterylab.platform.tracking.spec import WandbSpec
+from lotterylab.platform.store.tracking.rows import TrackedStep, external_id
+from lotterylab.platform.store.tracking.spec import WandbSpec
 
 FIELD = "tracking.wandb"
 # the record log of a .wandb file: a 7-byte header, then 32 KiB blocks of records, each with

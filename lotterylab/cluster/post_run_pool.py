@@ -35,7 +35,9 @@ import torch
 from tqdm import tqdm
 
 from lotterylab.cluster.connection import connect, disconnect
-from lotterylab.platform.analysis_units import (
+from lotterylab.platform.data.registry import build_dataset
+from lotterylab.platform.device import trial_device
+from lotterylab.platform.post_run import (
     COMPUTED,
     DEFAULT_SAMPLES,
     NTK,
@@ -47,11 +49,9 @@ from lotterylab.platform.analysis_units import (
     list_units,
     parse_what,
 )
-from lotterylab.platform.data.registry import build_dataset
-from lotterylab.platform.device import trial_device
-from lotterylab.platform.lease import ExperimentLease, LeaseError, LeaseHeldError
 from lotterylab.platform.spec import ExperimentSpec
-from lotterylab.platform.store import ExperimentStore, StoreError
+from lotterylab.platform.store.experiment_store import ExperimentStore, StoreError
+from lotterylab.platform.store.lease import ExperimentLease, LeaseError, LeaseHeldError
 
 FAILED = "failed"
 ANALYSIS_FOLDER = "analysis"

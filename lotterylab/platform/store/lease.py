@@ -46,7 +46,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from lotterylab.platform.store import ExperimentStore
+from lotterylab.platform.store.experiment_store import ExperimentStore
 
 LEASE_FILE = "lease.json"
 LOCK_FILE = ".lease.lock"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from lotterylab.platform.imp_methods.base import RoundContext, Sibling
+from lotterylab.platform.imp.siblings.base import RoundContext, Sibling
 from lotterylab.platform.metrics import cavity_scores
 
 

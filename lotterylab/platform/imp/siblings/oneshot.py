@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lotterylab.platform.imp_methods.base import RoundContext, Sibling
+from lotterylab.platform.imp.siblings.base import RoundContext, Sibling
 
 
 def oneshot_scores(ctx: RoundContext) -> dict[str, torch.Tensor]:

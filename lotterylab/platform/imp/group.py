@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Sequence
 
-from lotterylab.platform.imp import IMPLineage
+from lotterylab.platform.imp.lineage import IMPLineage
+from lotterylab.platform.imp.round_trainings import run_trainings
 from lotterylab.platform.models import model_entry
-from lotterylab.platform.round_trainings import run_trainings
 from lotterylab.platform.spec import ExperimentSpec
 
 __all__ = ["LineageGroup", "group_lineages", "lineages_per_group", "stacks"]

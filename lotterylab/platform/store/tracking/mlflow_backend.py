@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
-from lotterylab.platform.tracking.rows import TrackedStep, external_id
-from lotterylab.platform.tracking.spec import MLflowSpec
+from lotterylab.platform.store.tracking.rows import TrackedStep, external_id
+from lotterylab.platform.store.tracking.spec import MLflowSpec
 
 ID_TAG = "lotterylab.id"
 KEY_TAG = "lotterylab.key"

@@ -28,7 +28,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from lotterylab.platform import masks as mk
 from lotterylab.platform.data.dataset import ImageDataset
 from lotterylab.platform.data.registry import build_dataset
 from lotterylab.platform.first_layer import (
@@ -37,8 +36,7 @@ from lotterylab.platform.first_layer import (
     kurtosis_columns,
     rf_width_columns,
 )
-from lotterylab.platform.identity import dense_identity
-from lotterylab.platform.ids import short_hash
+from lotterylab.platform.imp import masks as mk
 from lotterylab.platform.metrics import (
     cavity_scores,
     layer_widths,
@@ -55,8 +53,10 @@ from lotterylab.platform.models import (
 )
 from lotterylab.platform.seeds import derived_seed
 from lotterylab.platform.spec import ExperimentSpec, IMPSpec
-from lotterylab.platform.store import ExperimentStore, StoreError
-from lotterylab.platform.tables import CAVITY, KURTOSIS, NTK, WIDTH
+from lotterylab.platform.store.experiment_store import ExperimentStore, StoreError
+from lotterylab.platform.store.identity import dense_identity
+from lotterylab.platform.store.ids import short_hash
+from lotterylab.platform.store.tables import CAVITY, KURTOSIS, NTK, WIDTH
 
 WHATS = (CAVITY, NTK, WIDTH, KURTOSIS)
 DEFAULT_SAMPLES = 100

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from lotterylab.platform.spec import ExperimentSpec, SpecError, load_spec, parse_spec
-from lotterylab.platform.spec_yaml import load_yaml_text, resolve_data_paths
+from lotterylab.platform.spec.safe_yaml import load_yaml_text, resolve_data_paths
 
 # a dotted path of identifiers and list indices, starting with an identifier
 _PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")

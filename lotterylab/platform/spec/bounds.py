@@ -144,7 +144,7 @@ def estimate_trial_memory(spec) -> TrialMemory:
     Parameters come from the registry's model built on the meta device, so a huge model costs
     nothing to count; every data set of the spec is counted with the largest model.
     """
-    from lotterylab.platform.lineage_group import AUTO_GROUP_LIMIT, stacks
+    from lotterylab.platform.imp.group import AUTO_GROUP_LIMIT, stacks
 
     training = spec.training
     best = None
@@ -226,7 +226,7 @@ def runnable_problems(spec, on_this_machine: bool = True) -> list[str]:
     ``on_this_machine`` False (a cluster address was given) skips the memory check: the
     cluster's nodes are not known before connecting.
     """
-    from lotterylab.platform.spec_yaml import missing_data_paths
+    from lotterylab.platform.spec.safe_yaml import missing_data_paths
 
     problems = missing_data_paths(spec)
     memory = memory_problem(spec) if on_this_machine else None

@@ -7,10 +7,10 @@ lineage and the spec draw from. Adding a sibling is one module and one line here
 
 from __future__ import annotations
 
-from lotterylab.platform.imp_methods.base import RoundContext, Sibling
-from lotterylab.platform.imp_methods.cavity import CAVITY
-from lotterylab.platform.imp_methods.oneshot import ONESHOT
-from lotterylab.platform.imp_methods.random_mask import RANDOM
+from lotterylab.platform.imp.siblings.base import RoundContext, Sibling
+from lotterylab.platform.imp.siblings.cavity import CAVITY
+from lotterylab.platform.imp.siblings.oneshot import ONESHOT
+from lotterylab.platform.imp.siblings.random_mask import RANDOM
 from lotterylab.platform.registry import Registry
 
 SIBLINGS: Registry[Sibling] = Registry(

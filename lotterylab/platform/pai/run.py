@@ -19,8 +19,6 @@ from torch import nn
 
 from lotterylab.platform.data.dataset import ImageDataset
 from lotterylab.platform.first_layer import rf_width_columns
-from lotterylab.platform.identity import pai_identity
-from lotterylab.platform.ids import short_hash
 from lotterylab.platform.metrics import layer_widths, structure_columns
 from lotterylab.platform.models import (
     apply_masks,
@@ -31,8 +29,10 @@ from lotterylab.platform.models import (
 from lotterylab.platform.pruning import prune_at_init, scoring_batches, shuffle_masks
 from lotterylab.platform.seeds import derived_seed
 from lotterylab.platform.spec import ExperimentSpec
-from lotterylab.platform.store import ExperimentStore
-from lotterylab.platform.tables import PAI_EPOCHS_TABLE, PAI_MASKS_TABLE
+from lotterylab.platform.store.experiment_store import ExperimentStore
+from lotterylab.platform.store.identity import pai_identity
+from lotterylab.platform.store.ids import short_hash
+from lotterylab.platform.store.tables import PAI_EPOCHS_TABLE, PAI_MASKS_TABLE
 from lotterylab.platform.training import evaluate, make_optimizer, train_epoch
 
 BRANCHES = ("reinit", "shuffle", "invert")

@@ -26,15 +26,15 @@ from dataclasses import dataclass
 
 import torch
 
-from lotterylab.platform import masks as mk
 from lotterylab.platform.data.dataset import ImageDataset
-from lotterylab.platform.imp import IMP, IMPLineage, LineageConfig, trained_path
+from lotterylab.platform.imp import masks as mk
+from lotterylab.platform.imp.lineage import IMP, IMPLineage, LineageConfig, trained_path
+from lotterylab.platform.imp.round_trainings import Training, run_trainings
 from lotterylab.platform.models import build_model
 from lotterylab.platform.pruning import keep_top
-from lotterylab.platform.round_trainings import Training, run_trainings
 from lotterylab.platform.seeds import derived_seed
-from lotterylab.platform.store import ExperimentStore, StoreError
-from lotterylab.platform.tables import IMP_BRANCHES_TABLE
+from lotterylab.platform.store.experiment_store import ExperimentStore, StoreError
+from lotterylab.platform.store.tables import IMP_BRANCHES_TABLE
 from lotterylab.platform.training import train
 
 BRANCH_KINDS = ("reinit", "random_prune", "rewind")

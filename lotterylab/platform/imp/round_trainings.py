@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lotterylab.platform.batched import train_batched
 from lotterylab.platform.data.dataset import ImageDataset
+from lotterylab.platform.imp.batched import train_batched
 from lotterylab.platform.spec import TrainingSpec
 from lotterylab.platform.training import train, train_with_rewind_capture
 
