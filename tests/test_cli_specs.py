@@ -157,8 +157,11 @@ def test_cli_validate_with_overrides(capsys, tmp_path):
     assert main(["validate", "seeds=[0]"]) == 0
     assert "1 seeds" in capsys.readouterr().out
     path = str(SPECS_DIR / "pai_cpu.yaml")
-    assert main(["validate", path, "pai.methods=[snip]", "seeds=[0,1]"]) == 0
-    assert "2 seeds × 1 methods × 3 densities" in capsys.readouterr().out
+    assert (
+        main(["validate", path, "pai.methods=[snip]", "seeds=[0,1]", "pai.densities=[0.2,0.1]"])
+        == 0
+    )
+    assert "2 seeds × 1 methods × 2 densities" in capsys.readouterr().out
     assert main(["validate", path, "training.lr=-1"]) == 2
     assert "training.lr: Input should be greater than 0 (got -1)" in capsys.readouterr().err
     assert main(["validate", path, "pai.methodz=[snip]"]) == 2

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lotterylab.platform.spec import SpecError
 
-SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
+SPECS_DIR = Path(__file__).resolve().parents[2] / "specs"  # lotterylab/specs
 DEFAULT_SPEC_NAME = "default"
 SUMMARY_WIDTH = 100
 _SENTENCE_END = re.compile(r"\.(?=\s+[A-Z]|\s*$)")  # "Fig. 2", "al. 2017" go on

@@ -28,6 +28,17 @@ _STRUCTURE_FIELDS = [
 
 OPTIONAL_COLUMNS = frozenset(f.name for f in _STRUCTURE_FIELDS)
 
+# RF width (sigma_x, sigma_y in pixels) of first-layer masks, over non-empty units, and the
+# same from the cross-channel autocorrelation (pairs across any two channels)
+_RF_WIDTH_FIELDS = [
+    pa.field("rf_width_median", pa.float64()),
+    pa.field("rf_width_mean", pa.float64()),
+    pa.field("rf_width_y_median", pa.float64()),
+    pa.field("rf_width_y_mean", pa.float64()),
+    pa.field("rf_width_cross_median", pa.float64()),
+    pa.field("rf_width_cross_mean", pa.float64()),
+]
+
 _LINEAGE_FIELDS = [
     pa.field("experiment", pa.string(), nullable=False),
     pa.field("lineage_id", pa.string(), nullable=False),
@@ -49,15 +60,8 @@ ROUNDS_SCHEMA = pa.schema(
         # null when the network of this row was not trained (baselines with train: false)
         pa.field("train_accuracy", pa.float64()),
         pa.field("test_accuracy", pa.float64()),
-        # RF width (sigma_x, sigma_y in pixels) of first-layer masks, over non-empty units;
         # null for models whose first layer is not a dense layer on image pixels
-        pa.field("rf_width_median", pa.float64()),
-        pa.field("rf_width_mean", pa.float64()),
-        pa.field("rf_width_y_median", pa.float64()),
-        pa.field("rf_width_y_mean", pa.float64()),
-        # the same from the cross-channel autocorrelation (pairs across any two channels)
-        pa.field("rf_width_cross_median", pa.float64()),
-        pa.field("rf_width_cross_mean", pa.float64()),
+        *_RF_WIDTH_FIELDS,
         pa.field("empty_units", pa.int64()),
         pa.field("wall_time_s", pa.float64(), nullable=False),
         *_STRUCTURE_FIELDS,
@@ -209,12 +213,7 @@ ANALYSIS_SCHEMAS: dict[str, pa.Schema] = {
             pa.field("kurtosis_mean", pa.float64()),  # over units and classes
             pa.field("kurtosis_all_mean", pa.float64()),  # over units, all inputs pooled
             pa.field("kurtosis_median", pa.float64()),
-            pa.field("rf_width_median", pa.float64()),
-            pa.field("rf_width_mean", pa.float64()),
-            pa.field("rf_width_y_median", pa.float64()),
-            pa.field("rf_width_y_mean", pa.float64()),
-            pa.field("rf_width_cross_median", pa.float64()),
-            pa.field("rf_width_cross_mean", pa.float64()),
+            *_RF_WIDTH_FIELDS,
             pa.field("empty_units", pa.int64(), nullable=False),
         ]
     ),
