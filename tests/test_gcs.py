@@ -242,7 +242,7 @@ def test_racing_writers_exactly_one_wins_on_gcs(gcs_preconditions):
 
 # -- a run through the CLI ----------------------------------------------------------------------
 def test_tiny_run_on_gcs_through_the_cli(gcs_preconditions, tiny_spec_dict, write_spec, tmp_path):
-    from lotterylab.trainables import search
+    from lotterylab.platform.store.trial_states import read_state
 
     tiny_spec_dict.update(name="gcsrun", seeds=[0], datasets=tiny_spec_dict["datasets"][:1])
     tiny_spec_dict["imp"]["rounds"] = 1
@@ -273,5 +273,7 @@ def test_tiny_run_on_gcs_through_the_cli(gcs_preconditions, tiny_spec_dict, writ
     assert (masks["layers.0.weight"] == 0).sum() == round(0.4 * 64 * 32)
     assert b"| imp |" in store.read_bytes("figures/summary.md")
     assert not store.exists("lease.json")  # released at the end
-    # Tune's own state went through pyarrow → fsspec → gcsfs, so `resume` could restore it
-    assert search.can_restore(store.uri)
+    # the trial's state went through gcsfs too: `resume` goes on from the store alone
+    [lineage_folder] = [f"lineages/{name}" for name in store.list("lineages")]
+    assert read_state(store, lineage_folder).state["next_round"] == spec.imp.rounds + 1
+    assert any(n.startswith("experiment_state") for n in store.list(""))  # Tune wrote via gcsfs

@@ -9,7 +9,6 @@ The tests that remove a worker add a fresh one first, so each starts with two wo
 from __future__ import annotations
 
 import copy
-import io
 import json
 import pickle
 import tempfile
@@ -30,6 +29,7 @@ from lotterylab.platform.imp.lineage import IMPLineage, LineageConfig
 from lotterylab.platform.pai.run import PaIConfig, PaIRun, pai_grid
 from lotterylab.platform.spec import parse_spec
 from lotterylab.platform.store.experiment_store import ExperimentStore, StoreError
+from lotterylab.platform.store.trial_states import STATES, read_state, run_folder
 
 WORKERS = 2
 WORKER_CPUS = 2
@@ -133,16 +133,16 @@ class NodeRemover(threading.Thread):
         return nodes[0] if len(nodes) == 1 else None
 
 
-def checkpointed(store: ExperimentStore) -> int:
-    """The highest checkpoint index Tune has stored for the experiment's trials (-1: none)."""
-    indices = [
-        int(name.removeprefix("checkpoint_"))
-        for trial in store.list("")
-        if trial.startswith("trial-")
-        for name in store.list(trial)
-        if name.startswith("checkpoint_")
+def saved_step(store: ExperimentStore) -> int:
+    """The newest round or epoch whose state the experiment's trials have stored (-1: none)."""
+    steps = [
+        int(name.removeprefix("step-").removesuffix(".pt"))
+        for folder in ("lineages", "runs")
+        for trial in store.list(folder)
+        for name in store.list(f"{folder}/{trial}/{STATES}")
+        if name.endswith(".pt") and store.exists(f"{folder}/{trial}/{STATES}/{name}.sha256")
     ]
-    return max(indices, default=-1)
+    return max(steps, default=-1)
 
 
 def redone(rows: list[dict], key: str, written: int) -> tuple[int, int]:
@@ -263,7 +263,7 @@ def test_imp_lineage_moves_to_another_node_when_its_node_is_lost(
 
     # rounds 0 and 1 are checkpointed: remove the node while it trains round 2
     remover = NodeRemover(
-        cluster, lambda: checkpointed(store) >= 1, lambda: last_written(store, "rounds", "round")
+        cluster, lambda: saved_step(store) >= 2, lambda: last_written(store, "rounds", "round")
     )
     remover.start()
     outcome = run_experiment(spec, "name: moved\n", root, address=cluster.address)
@@ -317,12 +317,6 @@ def pai_reference(spec):
         torch.set_num_threads(threads)
 
 
-def final_checkpoint(store: ExperimentStore, trial: str) -> dict:
-    latest = max(n for n in store.list(trial) if n.startswith("checkpoint_"))
-    data = store.read_bytes(f"{trial}/{latest}/run.pt")
-    return torch.load(io.BytesIO(data), weights_only=True)
-
-
 def test_pai_run_moves_to_another_node_when_its_node_is_lost(cluster, pai_spec_dict, tmp_path):
     add_workers(cluster)
     pai_spec_dict.update(name="pai-moved")
@@ -337,7 +331,7 @@ def test_pai_run_moves_to_another_node_when_its_node_is_lost(cluster, pai_spec_d
     # epochs 1 and 2 are checkpointed: remove the node while it trains epoch 3
     remover = NodeRemover(
         cluster,
-        lambda: checkpointed(store) >= 1,
+        lambda: saved_step(store) >= 2,
         lambda: last_written(store, "pai_epochs", "epoch"),
     )
     remover.start()
@@ -348,7 +342,7 @@ def test_pai_run_moves_to_another_node_when_its_node_is_lost(cluster, pai_spec_d
     assert remover.seen < spec.training.epochs, "removed too late"
     assert outcome.errored_trials == [] and outcome.trials == 1
 
-    ((trial, rows),) = trial_results(store).items()
+    (rows,) = trial_results(store).values()
     ran_on = nodes_of(rows, actor_nodes(cluster))
     assert len(ran_on) == 2 and ran_on[0] == remover.removed, ran_on
     epochs_redone, first_epoch_after = redone(rows, "epoch", remover.seen)
@@ -362,7 +356,7 @@ def test_pai_run_moves_to_another_node_when_its_node_is_lost(cluster, pai_spec_d
     got = store.read_tensors(f"runs/{pai.id}/masks.pt")
     assert got.keys() == pai.masks.keys()
     assert all(torch.equal(got[k], pai.masks[k]) for k in got)
-    state = final_checkpoint(store, trial)
+    state = read_state(store, run_folder(pai.id)).state
     assert state["next_epoch"] == spec.training.epochs
     want = pai.model.state_dict()
     assert state["model"].keys() == want.keys()

@@ -129,7 +129,8 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     valid = _run(venv, elsewhere, "lotterylab", "validate", "pai_cpu", "seeds=[0]")
     assert valid.returncode == 0, valid.stderr
     pai = yaml.safe_load((packaged / "pai_cpu.yaml").read_text())
-    grid = f"1 seeds × {len(pai['pai']['methods'])} methods × {len(pai['pai']['densities'])} densities"
+    methods, densities = len(pai["pai"]["methods"]), len(pai["pai"]["densities"])
+    grid = f"1 seeds × {methods} methods × {densities} densities"
     assert grid in valid.stdout
     valid = _run(venv, elsewhere, "lotterylab", "validate", str(packaged / "paper1_cpu.yaml"))
     assert valid.returncode == 0, valid.stderr

@@ -19,6 +19,7 @@ from lotterylab.platform.store.experiment_store import ExperimentStore, normalis
 from lotterylab.platform.store.ids import short_hash
 from lotterylab.platform.store.lease import ExperimentLease
 from lotterylab.platform.store.tracking import check_tracking, track_summary
+from lotterylab.platform.store.trial_states import adopt_legacy_checkpoints, keep_states_here
 from lotterylab.trainables import search
 from lotterylab.trainables.imp_branch import imp_branch_config
 
@@ -73,21 +74,23 @@ def _fit(address: str | None, make_tuner, stop: StopOnSignals):
 
 def _start(spec, spec_text, root, store, address, start, stop) -> ExperimentOutcome:
     check_tracking(spec)  # an unreachable tracker fails now, before anything is stored
-    if search.can_restore(store.uri):
+    if store.exists(RESOLVED_SPEC_FILE):
+        if load_stored_spec(store) != spec:
+            raise ExperimentError(
+                f"{store.uri} already holds results of a different spec: pick another --name"
+            )
         raise ExperimentError(
             f"experiment {store.uri} already exists: continue it with "
             f"`lotterylab resume {store.uri}` or pick another --name"
         )
-    # a run that died before Tune's first snapshot may start again, with the same spec only
-    if store.exists(RESOLVED_SPEC_FILE) and load_stored_spec(store) != spec:
-        raise ExperimentError(
-            f"{store.uri} already holds results of a different spec: pick another --name"
-        )
+    keep_states_here(store)
     store.write_artifact(SPEC_FILE, spec_text.encode())
     store.write_json(RESOLVED_SPEC_FILE, spec.model_dump(mode="json"))
     datasets = build_datasets(spec.datasets)
     write_data_artifacts(spec, datasets, store)
-    results = _fit(address, lambda: search.new_tuner(spec, datasets, root, store.uri), stop)
+    results = _fit(
+        address, lambda: search.new_tuner(spec, datasets, root, store.uri, store.name), stop
+    )
     return _finish(store, results, start)
 
 
@@ -119,17 +122,14 @@ def resume_experiment(uri: str, address: str | None = None) -> ExperimentOutcome
 
 
 def _resume(store: ExperimentStore, address: str | None, start: float, stop) -> ExperimentOutcome:
+    """The stored spec's grid again; each trial goes on from its state in the store."""
     spec = load_stored_spec(store)
-    if not search.can_restore(store.uri):
-        raise ExperimentError(
-            f"{store.uri} holds no Ray Tune experiment state to resume from "
-            "(the run stopped before its first state snapshot): "
-            "start it again with `lotterylab run`"
-        )
     datasets = build_datasets(spec.datasets)
     check_tracking(spec)
+    adopt_legacy_checkpoints(store)
+    root = store.uri.rstrip("/").rsplit("/", 1)[0]
     results = _fit(
-        address, lambda: search.restored_tuner(spec, datasets, store.uri, store.uri), stop
+        address, lambda: search.new_tuner(spec, datasets, root, store.uri, store.name), stop
     )
     return _finish(store, results, start)
 
@@ -258,13 +258,11 @@ def branch_experiment(
 def _branch(store, spec, branch, runs, address, start, stop) -> ExperimentOutcome:
     name = f"branch-{branch}-{short_hash(runs)}"
     datasets = build_datasets(spec.datasets)
-    branch_uri = store.uri.rstrip("/") + "/" + name
     imp = spec.kind == "imp"
 
+    adopt_legacy_checkpoints(store, name)  # a branch experiment of an earlier version
+
     def make_tuner():
-        if search.can_restore(branch_uri):
-            cls = search.IMPBranchTrainable if imp else None
-            return search.restored_tuner(spec, datasets, branch_uri, store.uri, cls)
         if imp:
             return search.new_imp_branch_tuner(spec, datasets, store.uri, name, runs)
         return search.new_tuner(spec, datasets, store.uri, store.uri, name=name, runs=runs)

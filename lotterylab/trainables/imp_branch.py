@@ -1,12 +1,11 @@
 """The Ray Tune trainable of a lottery-ticket branch of an IMP lineage: the first ``step``
 prepares its mask and start weights, the second trains and measures it.
 
-It only adapts Tune's life cycle to ``platform.imp_branches.IMPBranch``; the science stays there.
+It only adapts Tune's life cycle to ``platform.imp.branches.IMPBranch``; the science stays
+there. The branch's state goes to the store after every step and comes back from there.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 from ray import tune
@@ -17,8 +16,7 @@ from lotterylab.platform.imp.branches import IMPBranch, IMPBranchConfig
 from lotterylab.platform.imp.lineage import LineageConfig
 from lotterylab.platform.spec import ExperimentSpec
 from lotterylab.platform.store.experiment_store import ExperimentStore
-
-CHECKPOINT_FILE = "branch.pt"
+from lotterylab.platform.store.trial_states import lineage_folder, read_state, write_state
 
 
 def imp_branch_config(spec: ExperimentSpec, experiment: str, config: dict) -> IMPBranchConfig:
@@ -37,7 +35,7 @@ class IMPBranchTrainable(tune.Trainable):
     ) -> None:
         spec = ExperimentSpec.model_validate_json(spec_json)
         torch.set_num_threads(max(1, int(spec.resources.cpu)))
-        store = ExperimentStore(store_uri)
+        self.store = store = ExperimentStore(store_uri)
         branch = config["branch"]
         self.branch = IMPBranch(
             imp_branch_config(spec, store.name, branch),
@@ -45,8 +43,15 @@ class IMPBranchTrainable(tune.Trainable):
             store,
             trial_device(spec.resources.gpu),
         )
+        self.last: dict | None = None
+        stored = read_state(store, lineage_folder(self.branch.id))
+        if stored is not None:
+            self.branch.load_state_dict(stored.state)
+            self.last = stored.result
 
     def step(self) -> dict:
+        if self.branch.done:  # resumed after it ended: its last results again
+            return {**(self.last or {"branch_id": self.branch.id}), "done": True}
         row = self.branch.step()
         result = {"branch_id": self.branch.id, "done": self.branch.done}
         if row is not None:
@@ -55,14 +60,12 @@ class IMPBranchTrainable(tune.Trainable):
                 sparsity=row["sparsity"],
                 rf_width_median=row["rf_width_median"],
             )
+        self.last = result
+        step = 2 if self.branch.done else 1  # prepared, then trained
+        write_state(
+            self.store, lineage_folder(self.branch.id), step, self.branch.state_dict(), result
+        )
         return result
 
-    def save_checkpoint(self, checkpoint_dir: str) -> None:
-        torch.save(self.branch.state_dict(), os.path.join(checkpoint_dir, CHECKPOINT_FILE))
 
-    def load_checkpoint(self, checkpoint_dir: str) -> None:
-        path = os.path.join(checkpoint_dir, CHECKPOINT_FILE)
-        self.branch.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
-
-
-__all__ = ["CHECKPOINT_FILE", "IMPBranchTrainable", "imp_branch_config"]
+__all__ = ["IMPBranchTrainable", "imp_branch_config"]

@@ -1,13 +1,14 @@
 """The Ray Tune trainable of IMP lineages: one ``step`` is one IMP round of each of them.
 
-A trial runs a group of lineages (``platform.lineage_group``; one, unless ``run.batch_lineages``
+A trial runs a group of lineages (``platform.imp.group``; one, unless ``run.batch_lineages``
 groups them) given as ``config["lineages"]``, a list of ``{"dataset", "seed"}``. It only adapts
-Tune's life cycle to ``LineageGroup``; the science stays in ``platform``.
+Tune's life cycle to ``LineageGroup``; the science stays in ``platform``. Each lineage's state
+goes to the store after every round and comes back from there when the trial starts (Tune keeps
+no checkpoint), so a resumed or retried trial goes on from its last round, whatever its group.
 """
 
 from __future__ import annotations
 
-import os
 import statistics
 
 import torch
@@ -20,8 +21,13 @@ from lotterylab.platform.imp.lineage import IMP, IMPLineage, LineageConfig
 from lotterylab.platform.spec import ExperimentSpec
 from lotterylab.platform.store.tensorboard import log_imp_round
 from lotterylab.platform.store.tracking import tracked_store
+from lotterylab.platform.store.trial_states import (
+    lineage_folder,
+    read_state,
+    stopped_early,
+    write_state,
+)
 
-CHECKPOINT_FILE = "lineage.pt"
 REPORTED = ("sparsity_first_layer", "test_accuracy", "rf_width_median")
 
 
@@ -53,36 +59,48 @@ class IMPLineageTrainable(tune.Trainable):
             if "search" in config:  # analyses group a search's lineages by these values
                 store.write_json(f"lineages/{lineages[-1].id}/search.json", config["search"])
         self.group = LineageGroup(lineages)
+        self.last: dict[str, dict] = {}  # lineage id -> its last IMP row's reported values
+        for lineage in lineages:
+            stored = read_state(store, lineage_folder(lineage.id))
+            if stored is not None:
+                lineage.load_state_dict(stored.state)
+                if stored.result is not None:
+                    self.last[lineage.id] = stored.result
+        # a scheduler stopped this trial before the driver died: that decision stands
+        self.stopped = all(stopped_early(store, lineage_folder(i)) for i in self.group.ids)
 
     def step(self) -> dict:
-        """The group's round; metrics are the mean over its lineages' IMP rows."""
+        """The group's round; metrics are the mean over its lineages' last IMP rows."""
+        if self.group.done or self.stopped:  # resumed after it ended: its last results again
+            return self._result(done=True)
         rows = self.group.run_round()
-        imp = []
         for lineage, own in zip(self.group.lineages, rows, strict=True):
             if own:
                 log_imp_round(lineage, own)
-                imp.append(next(row for row in own if row["method"] == IMP))
+                imp = next(row for row in own if row["method"] == IMP)
+                self.last[lineage.id] = {k: imp[k] for k in ("round", *REPORTED)}
+                folder = lineage_folder(lineage.id)
+                state = lineage.state_dict()
+                write_state(self.store, folder, lineage.next_round, state, self.last[lineage.id])
+        return self._result(done=self.group.done)
+
+    def _result(self, done: bool) -> dict:
+        last = [self.last[i] for i in self.group.ids if i in self.last]
+        rounds = [row["round"] for row in last]
         result = {
             "group_size": len(self.group.ids),  # Tune's table: readable, unlike the id list
             "first_lineage": self.group.ids[0],
             "lineage_id": ",".join(self.group.ids),
-            "imp_round": imp[0]["round"],
-            "done": self.group.done,
+            "imp_round": max(rounds) if rounds else None,
+            "done": done,
         }
         for key in REPORTED:
-            values = [row[key] for row in imp if row[key] is not None]
+            values = [row[key] for row in last if row[key] is not None]
             result[key] = statistics.fmean(values) if values else None
         return result
 
     def cleanup(self) -> None:
         self.store.close()
 
-    def save_checkpoint(self, checkpoint_dir: str) -> None:
-        torch.save(self.group.state_dict(), os.path.join(checkpoint_dir, CHECKPOINT_FILE))
 
-    def load_checkpoint(self, checkpoint_dir: str) -> None:
-        path = os.path.join(checkpoint_dir, CHECKPOINT_FILE)
-        self.group.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
-
-
-__all__ = ["CHECKPOINT_FILE", "IMPLineageTrainable", "trial_members"]
+__all__ = ["IMPLineageTrainable", "trial_members"]

@@ -1,12 +1,11 @@
 """The Ray Tune trainable of a PaI run: the first ``step`` prunes and trains the first epoch,
 every later ``step`` trains one more epoch.
 
-It only adapts Tune's life cycle to ``platform.pai.PaIRun``; the science stays there.
+It only adapts Tune's life cycle to ``platform.pai.PaIRun``; the science stays there. The run's
+state goes to the store after every step and comes back from there when the trial starts.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 from ray import tune
@@ -17,8 +16,12 @@ from lotterylab.platform.pai.run import PaIConfig, PaIRun
 from lotterylab.platform.spec import ExperimentSpec
 from lotterylab.platform.store.tensorboard import log_pai_epoch
 from lotterylab.platform.store.tracking import tracked_store
-
-CHECKPOINT_FILE = "run.pt"
+from lotterylab.platform.store.trial_states import (
+    read_state,
+    run_folder,
+    stopped_early,
+    write_state,
+)
 
 
 def pai_config(spec: ExperimentSpec, experiment: str, config: dict) -> PaIConfig:
@@ -49,8 +52,18 @@ class PaIRunTrainable(tune.Trainable):
         self.run = PaIRun(config, datasets[run["dataset"]], store, device)
         if "search" in self.config:  # analyses group a search's runs by these values
             store.write_json(f"runs/{self.run.id}/search.json", self.config["search"])
+        self.folder = run_folder(self.run.id)
+        self.last: dict | None = None
+        stored = read_state(store, self.folder)
+        if stored is not None:
+            self.run.load_state_dict(stored.state)
+            self.last = stored.result
+        # a scheduler stopped this trial before the driver died: that decision stands
+        self.stopped = stopped_early(store, self.folder)
 
     def step(self) -> dict:
+        if self.stopped or self.run.done:  # resumed after it ended: its last results again
+            return {**(self.last or {"run_id": self.run.id}), "done": True}
         mask_row = self.run.prune() if not self.run.pruned else None
         if self.run.done:  # scoring only (training.epochs: 0): epoch 0's row is the last
             row = self.run.initial_row
@@ -68,14 +81,9 @@ class PaIRunTrainable(tune.Trainable):
         }
         if mask_row is not None:
             result["scoring_time_s"] = mask_row["scoring_time_s"]
+        self.last = result
+        write_state(self.store, self.folder, self.run.next_epoch, self.run.state_dict(), result)
         return result
 
     def cleanup(self) -> None:
         self.store.close()
-
-    def save_checkpoint(self, checkpoint_dir: str) -> None:
-        torch.save(self.run.state_dict(), os.path.join(checkpoint_dir, CHECKPOINT_FILE))
-
-    def load_checkpoint(self, checkpoint_dir: str) -> None:
-        path = os.path.join(checkpoint_dir, CHECKPOINT_FILE)
-        self.run.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))

@@ -13,6 +13,11 @@ adapts, so ``GridRepeater`` hands each of its suggestions to every grid point an
 mean of the metric over them. A trial's config holds its grid point and, under ``search``, the
 sampled values; its spec is the experiment's with those values applied, so its lineage or run
 id, and its trial folder, differ from every other configuration's.
+
+Resuming builds a new Tuner from what the platform stored itself, never from Tune's saved state
+(its pickles could hold anyone's code): the grid comes from the stored spec, every trial takes
+its lineages' or run's state from the store, Optuna is handed the configurations it had already
+sampled before it draws new ones, and an ASHA stop is kept as a marker beside the trial's state.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import fsspec
 import pyarrow.fs
 import ray
 from ray import tune
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
@@ -38,8 +44,9 @@ from lotterylab.platform.imp.group import (
 from lotterylab.platform.imp.lineage import LineageConfig
 from lotterylab.platform.pai.run import pai_grid
 from lotterylab.platform.spec import Distribution, ExperimentSpec
-from lotterylab.platform.store.experiment_store import normalise_uri
+from lotterylab.platform.store.experiment_store import ExperimentStore, StoreError, normalise_uri
 from lotterylab.platform.store.ids import canonical_json
+from lotterylab.platform.store.trial_states import lineage_folder, mark_stopped_early, run_folder
 from lotterylab.trainables.imp_branch import IMPBranchTrainable, imp_branch_config
 from lotterylab.trainables.imp_lineage import IMPLineageTrainable, trial_members
 from lotterylab.trainables.pai_run import PaIRunTrainable, pai_config
@@ -232,10 +239,58 @@ class GridRepeater(Searcher):
         self.__dict__.update(state)
 
 
+class RecordedASHA(ASHAScheduler):
+    """ASHA whose stops are written to the store, so that a resumed search keeps them."""
+
+    def __init__(self, store_uri: str, **options):
+        super().__init__(**options)
+        self.store_uri = store_uri
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP and not result.get("done"):
+            store = ExperimentStore(self.store_uri)
+            for folder in result_folders(result):
+                mark_stopped_early(store, folder)
+        return decision
+
+
+def result_folders(result: dict) -> list[str]:
+    """The store folders of the lineages or run a trial's result speaks for."""
+    if result.get("run_id"):
+        return [run_folder(result["run_id"])]
+    return [lineage_folder(i) for i in str(result.get("lineage_id") or "").split(",") if i]
+
+
+def sampled_values(spec: ExperimentSpec, store_uri: str) -> list[dict]:
+    """The configurations a search already ran (their ``search.json``), in a fixed order."""
+    store = ExperimentStore(store_uri)
+    folder = "lineages" if spec.kind == "imp" else "runs"
+    paths = set(spec.search.space) if spec.search is not None else set()
+    seen: dict[str, dict] = {}
+    for name in store.list(folder):
+        rel = f"{folder}/{name}/{SEARCH_KEY}.json"
+        if not store.exists(rel + ".sha256"):
+            continue
+        values = store.read_json(rel)
+        if not isinstance(values, dict) or set(values) != paths:
+            raise StoreError(
+                f"{store.url(rel)} does not hold values of the search space {sorted(paths)}"
+            )
+        seen.setdefault(canonical_json(values), values)
+    return [seen[key] for key in sorted(seen)]
+
+
 def search_options(
-    spec: ExperimentSpec, runs: list[dict] | None = None, groups: list[list[dict]] | None = None
+    spec: ExperimentSpec,
+    runs: list[dict] | None = None,
+    groups: list[list[dict]] | None = None,
+    store_uri: str | None = None,
 ) -> dict:
-    """TuneConfig arguments of the spec's search: searcher, samples, early stopping."""
+    """TuneConfig arguments of the spec's search: searcher, samples, early stopping.
+
+    With ``store_uri`` of a resumed search, Optuna first suggests the configurations already
+    run there, and ASHA's stops are recorded in that store."""
     search = spec.search if runs is None else None
     options: dict = {"max_concurrent_trials": spec.run.max_concurrent_trials or None}
     if search is None:
@@ -243,11 +298,17 @@ def search_options(
     if search.algorithm == "optuna":
         grid = grid_points(spec, groups=groups)
         space = {SEARCH_KEY: {p: tune_domain(d) for p, d in search.space.items()}}
+        earlier = sampled_values(spec, store_uri) if store_uri else []
         searcher = OptunaSearch(
             space=OptunaSearch.convert_search_space(space),
             metric=search.metric,
             mode=search.mode,
             seed=search.seed,
+            points_to_evaluate=[
+                {f"{SEARCH_KEY}/{path}": value for path, value in values.items()}
+                for values in earlier
+            ]
+            or None,
         )
         trials = search.num_samples * len(grid)
         # the limiter also tells Tune how many trials may wait for resources at once: without
@@ -259,7 +320,10 @@ def search_options(
         options["max_concurrent_trials"] = None
     if search.scheduler is not None:
         asha = search.scheduler.asha
-        options["scheduler"] = tune.schedulers.ASHAScheduler(
+        scheduler = RecordedASHA if store_uri else ASHAScheduler
+        extra = {"store_uri": store_uri} if store_uri else {}
+        options["scheduler"] = scheduler(
+            **extra,
             time_attr="training_iteration",
             metric=asha.metric or search.metric,
             mode=asha.mode or search.mode,
@@ -276,10 +340,9 @@ def _run_config(spec: ExperimentSpec, storage_root: str, name: str) -> tune.RunC
         name=name,
         storage_path=storage_path,
         storage_filesystem=filesystem,
+        # a retried trial starts from its state in the store: Tune keeps no checkpoint
         failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
-        # num_to_keep also makes Tune snapshot its experiment state after every trial
-        # checkpoint, so a driver killed early still leaves something to resume from
-        checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=2),
+        checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=0, checkpoint_at_end=False),
         verbose=1,
         progress_reporter=progress_reporter(spec),
     )
@@ -358,7 +421,7 @@ def new_tuner(
         tune_config=tune.TuneConfig(
             trial_dirname_creator=trial_dirname_for(spec),
             reuse_actors=False,
-            **search_options(spec, runs, groups),
+            **search_options(spec, runs, groups, store_uri),
         ),
         run_config=_run_config(spec, storage_root, name or spec.name),
     )
@@ -385,27 +448,4 @@ def new_imp_branch_tuner(
             max_concurrent_trials=spec.run.max_concurrent_trials or None,
         ),
         run_config=_run_config(spec, store_uri, name),
-    )
-
-
-def can_restore(experiment_uri: str) -> bool:
-    path, filesystem = tune_storage(experiment_uri)
-    return tune.Tuner.can_restore(path, storage_filesystem=filesystem)
-
-
-def restored_tuner(
-    spec: ExperimentSpec,
-    datasets: dict[str, ImageDataset],
-    experiment_uri: str,
-    store_uri: str,
-    cls=None,
-) -> tune.Tuner:
-    _legacy_console()
-    path, filesystem = tune_storage(experiment_uri)
-    return tune.Tuner.restore(
-        path,
-        trainable=trainable_for(spec, datasets, store_uri, cls),
-        resume_unfinished=True,
-        resume_errored=True,
-        storage_filesystem=filesystem,
     )
