@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lotterylab.cluster.launch import run_experiment
+from lotterylab.cluster.launch import load_stored_spec, run_experiment
 from lotterylab.platform.spec import parse_spec
 from lotterylab.platform.store.experiment_store import ExperimentStore, StoreError
 from lotterylab.platform.store.trial_states import (
@@ -170,3 +170,14 @@ def test_a_resumed_optuna_search_suggests_what_it_had_sampled_first(tiny_spec_di
     store.write_json("lineages/d/search.json", {"model.hidden": [4]})
     with pytest.raises(StoreError, match="lineages/d/search.json"):
         search_options(spec, store_uri=store.uri)
+
+
+def test_the_stored_spec_reads_back_equal_to_the_run_spec(tiny_spec_dict, tmp_path):
+    """A number such as 1e-06 stays a number (YAML 1.1 would read the JSON text as a string)."""
+    tiny_spec_dict["training"]["weight_decay"] = 1e-06
+    tiny_spec_dict["search"] = {"space": {"training.lr": {"choice": [0.1, 1e-06]}}}
+    spec = parse_spec(tiny_spec_dict)
+    store = ExperimentStore(str(tmp_path / "exp"))
+    store.write_json("spec.resolved.json", spec.model_dump(mode="json"))
+    assert load_stored_spec(store) == spec
+    assert load_stored_spec(store).search.space["training.lr"].choice == [0.1, 1e-06]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 
@@ -12,7 +11,7 @@ from lotterylab.cluster.signals import StopOnSignals
 from lotterylab.platform.data.registry import build_datasets
 from lotterylab.platform.imp.branches import BRANCH_KINDS
 from lotterylab.platform.pai.run import BRANCHES, PaIConfig, pai_grid
-from lotterylab.platform.spec import ExperimentSpec, spec_from_text
+from lotterylab.platform.spec import ExperimentSpec, parse_spec
 from lotterylab.platform.spec.grid_values import match_densities
 from lotterylab.platform.store.data_artifacts import write_data_artifacts
 from lotterylab.platform.store.experiment_store import ExperimentStore, normalise_uri
@@ -99,8 +98,8 @@ def load_stored_spec(store: ExperimentStore) -> ExperimentSpec:
         raise ExperimentError(
             f"{store.uri} is not a lotterylab experiment: it has no {RESOLVED_SPEC_FILE}"
         )
-    resolved = json.dumps(store.read_json(RESOLVED_SPEC_FILE))
-    return spec_from_text(resolved, store.url(RESOLVED_SPEC_FILE))
+    # JSON, not YAML: YAML 1.1 reads a JSON number such as 1e-06 as a string
+    return parse_spec(store.read_json(RESOLVED_SPEC_FILE), store.url(RESOLVED_SPEC_FILE))
 
 
 def existing_experiment(uri: str) -> ExperimentStore:

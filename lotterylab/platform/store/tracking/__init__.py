@@ -11,7 +11,6 @@ lazily: without a ``tracking:`` section neither package is needed.
 from __future__ import annotations
 
 import io
-import json
 import posixpath
 from typing import TYPE_CHECKING, Any
 
@@ -199,8 +198,8 @@ def track_summary(spec: ExperimentSpec, store: ExperimentStore) -> None:
 
 def track_stored_summary(store: ExperimentStore) -> None:
     """``track_summary`` under the experiment's stored spec (``lotterylab figures``)."""
-    from lotterylab.platform.spec import spec_from_text
+    from lotterylab.platform.spec import parse_spec
 
     rel = "spec.resolved.json"
     if store.exists(rel):
-        track_summary(spec_from_text(json.dumps(store.read_json(rel)), store.url(rel)), store)
+        track_summary(parse_spec(store.read_json(rel), store.url(rel)), store)
