@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from lotterylab.analysis.report import write_report
 from lotterylab.cluster.connection import connect, disconnect
+from lotterylab.cluster.out_of_space import out_of_space, storage_full
 from lotterylab.cluster.signals import StopOnSignals
 from lotterylab.platform.data.registry import build_datasets
 from lotterylab.platform.imp.branches import BRANCH_KINDS
@@ -57,17 +58,25 @@ def run_experiment(
         return _start(spec, spec_text, root, store, address, start, stop)
 
 
-def _fit(address: str | None, make_tuner, stop: StopOnSignals):
-    """Tune's results; :class:`Interrupted` (after Ray is shut down) if a signal stopped it."""
+def _fit(store: ExperimentStore, address: str | None, make_tuner, stop: StopOnSignals):
+    """Tune's results; :class:`Interrupted` (after Ray is shut down) if a signal stopped it,
+    :class:`StorageFullError` if the storage ran out of space."""
     connect(address)
     try:
         stop.install()  # after ray.init, which sets its own SIGTERM handler
         tuner = make_tuner()
         with stop.tune():
-            results = tuner.fit()
+            try:
+                results = tuner.fit()
+            except Exception as error:
+                if out_of_space(store, [error]):
+                    raise storage_full(store) from error
+                raise
     finally:
         disconnect()
     stop.check()  # a stopped run draws no report: it would look complete
+    if out_of_space(store, [str(r.error) for r in results if r.error is not None]):
+        raise storage_full(store)
     return results
 
 
@@ -88,7 +97,7 @@ def _start(spec, spec_text, root, store, address, start, stop) -> ExperimentOutc
     datasets = build_datasets(spec.datasets)
     write_data_artifacts(spec, datasets, store)
     results = _fit(
-        address, lambda: search.new_tuner(spec, datasets, root, store.uri, store.name), stop
+        store, address, lambda: search.new_tuner(spec, datasets, root, store.uri, store.name), stop
     )
     return _finish(store, results, start)
 
@@ -128,7 +137,7 @@ def _resume(store: ExperimentStore, address: str | None, start: float, stop) -> 
     adopt_legacy_checkpoints(store)
     root = store.uri.rstrip("/").rsplit("/", 1)[0]
     results = _fit(
-        address, lambda: search.new_tuner(spec, datasets, root, store.uri, store.name), stop
+        store, address, lambda: search.new_tuner(spec, datasets, root, store.uri, store.name), stop
     )
     return _finish(store, results, start)
 
@@ -266,7 +275,7 @@ def _branch(store, spec, branch, runs, address, start, stop) -> ExperimentOutcom
             return search.new_imp_branch_tuner(spec, datasets, store.uri, name, runs)
         return search.new_tuner(spec, datasets, store.uri, store.uri, name=name, runs=runs)
 
-    results = _fit(address, make_tuner, stop)
+    results = _fit(store, address, make_tuner, stop)
     return _finish(store, results, start)
 
 

@@ -16,6 +16,7 @@ artifact without its sidecar was not finished and is never read back as complete
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -101,11 +102,16 @@ class ExperimentStore:
             os.makedirs(directory, exist_ok=True)
             # a dot-prefixed temp name is ignored by pyarrow datasets and by listings
             tmp = posixpath.join(directory, f".{posixpath.basename(target)}.{uuid.uuid4().hex}.tmp")
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
+            try:
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, target)
+            except BaseException:  # a full disk must not also keep the part that did not fit
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+                raise
         else:
             self.fs.pipe_file(target, data)  # one PUT: the object appears whole or not at all
 
