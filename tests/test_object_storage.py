@@ -1,7 +1,7 @@
 """Object storage through the real CLI: an S3 crash cycle, with secrets kept out of Ray.
 
 The driver runs ``lotterylab run --storage s3://…`` with distinctive secrets in its
-environment, is killed once a lineage has checkpointed, then ``lotterylab resume`` and
+environment, is killed once a lineage has stored its state, then ``lotterylab resume`` and
 ``lotterylab figures`` finish the experiment. The masks must equal those of an uninterrupted
 run on local disk, and the secrets must appear nowhere: not in the store, not in the CLI's
 output, not in Ray's session logs (where Tune's trial runtime environments are logged).
@@ -283,7 +283,7 @@ def test_s3_crash_cycle_through_the_cli_keeps_secrets_out(
         local_s = time.perf_counter() - t0
         assert local.returncode == 0, local.stderr[-3000:]
 
-        # the S3 cycle: run, SIGKILL after the first lineage checkpoint, resume, figures
+        # the S3 cycle: run, SIGKILL after the first stored lineage state, resume, figures
         t0 = time.perf_counter()
         log = open(tmp_path / "run.log", "w+b")
         driver = subprocess.Popen(
@@ -294,12 +294,13 @@ def test_s3_crash_cycle_through_the_cli_keeps_secrets_out(
         )
         give_up = time.monotonic() + 900  # a safety net for a hung driver, not a deadline
         while True:
-            listing = s3.list_objects_v2(Bucket=s3_bucket, Prefix=f"prefix/{spec.name}/trial-")
-            if any("/checkpoint_" in o["Key"] for o in listing.get("Contents", [])):
+            listing = s3.list_objects_v2(Bucket=s3_bucket, Prefix=f"prefix/{spec.name}/lineages/")
+            keys = [o["Key"] for o in listing.get("Contents", [])]
+            if any("/states/step-" in k and k.endswith(".pt.sha256") for k in keys):
                 break
             if driver.poll() is not None:
                 log.seek(0)
-                pytest.fail(f"the driver ended before a checkpoint:\n{log.read()[-3000:]!r}")
+                pytest.fail(f"the driver ended before a stored state:\n{log.read()[-3000:]!r}")
             assert time.monotonic() < give_up, "the driver made no progress at all"
             time.sleep(0.2)
         leftovers |= _descendants(driver.pid)
@@ -374,7 +375,7 @@ def test_s3_crash_cycle_through_the_cli_keeps_secrets_out(
         return sorted(repr(sorted((k, v) for k, v in r.items() if k not in drop)) for r in table)
 
     assert rows(store) == rows(local_store)
-    # resumed from checkpoints, not restarted: some lineage kept its round-0 rows
+    # resumed from stored states, not restarted: some lineage kept its round-0 rows
     after = {
         o["Key"]: o["ETag"]
         for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix=f"prefix/{spec.name}/tables/")[
