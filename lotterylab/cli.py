@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
         "experiments", nargs="+", help="experiment URI(s); several are compared in one set"
     )
     figures.add_argument("--out", help="where comparison figures go (default: the first's)")
+    figures.add_argument(
+        "--partial",
+        action="store_true",
+        help="draw even when lineages or runs miss files they had written (the report says "
+        "which); without it such an experiment is refused with exit 2",
+    )
 
     analyze = commands.add_parser(
         "analyze",
@@ -302,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
 
             stores = [ExperimentStore(uri) for uri in args.experiments]
             target = stores[0] if len(stores) == 1 else stores
-            for path in write_report(target, out=args.out):
+            for path in write_report(target, out=args.out, partial=args.partial):
                 print(path)
             if args.out is None and len(stores) == 1:  # the figures of its summary run
                 from lotterylab.platform.store.tracking import track_stored_summary

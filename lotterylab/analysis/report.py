@@ -41,6 +41,7 @@ from lotterylab.analysis.paper2 import pai_sections
 from lotterylab.analysis.searches import best_ids, only_ids, search_section, search_table
 from lotterylab.analysis.sections import Section
 from lotterylab.platform.store.experiment_store import ExperimentStore
+from lotterylab.platform.store.manifest import check_complete, describe_incomplete, incomplete
 from lotterylab.platform.store.tables import IMP_BRANCHES_TABLE
 
 FIGURES = "figures"
@@ -52,13 +53,20 @@ StoreLike = str | ExperimentStore
 
 
 def write_report(
-    store_or_stores: StoreLike | Sequence[StoreLike], out: StoreLike | None = None
+    store_or_stores: StoreLike | Sequence[StoreLike],
+    out: StoreLike | None = None,
+    partial: bool = False,
 ) -> list[str]:
     """Draw the figures and write ``report.md`` (and ``summary.md`` for IMP); return URIs.
 
     One store: its figures go under its own ``figures/``. Several: comparison figures go to
     ``out`` (a store or URI, files directly under it), by default the first store's
     ``figures/compare/``. ``out`` also redirects a single experiment's figures.
+
+    An experiment whose lineages or runs miss files they had written is refused
+    (:class:`IncompleteResultsError`, naming them), so earlier figures are not replaced by
+    ones of fewer rounds; with ``partial`` the figures are drawn from what is there and the
+    report and summary say what is missing.
     """
     if isinstance(store_or_stores, str | ExperimentStore):
         targets = [store_or_stores]
@@ -70,19 +78,45 @@ def write_report(
     for experiment in experiments:
         if not experiment.tables() and not experiment.spec:
             raise ValueError(f"no results in {experiment.uri}: has the experiment run?")
+    holes = {e.uri: incomplete(e.store) for e in experiments}
+    if not partial:
+        for experiment in experiments:
+            check_complete(experiment.store, holes[experiment.uri])
+    warning = partial_note(experiments, holes)
     if len(experiments) == 1:
         experiment = experiments[0]
         destination = (as_store(out), "") if out is not None else (experiment.store, FIGURES)
         sections = experiment_sections(experiment)
-        header = experiment_header(experiment)
-        extra = summary_file(experiment)
+        header = experiment_header(experiment) + warning
+        extra = [
+            (name, "\n".join(warning).encode() + data) for name, data in summary_file(experiment)
+        ]
     else:
         destination = (as_store(out), "") if out is not None else (experiments[0].store, COMPARE)
         group = ExperimentSet(experiments)
         sections = comparison_sections(group)
-        header = comparison_header(group)
+        header = comparison_header(group) + warning
         extra = []
     return write_sections(destination, sections, header, extra)
+
+
+def partial_note(experiments: list[Experiment], holes: dict[str, dict]) -> list[str]:
+    """Lines that say, at the top of a report drawn with ``partial``, what it lacks."""
+    lines = []
+    for experiment in experiments:
+        if holes[experiment.uri]:
+            lines += [
+                f"> **Partial results**: {len(holes[experiment.uri])} lineages or runs of "
+                f"`{experiment.uri}` miss files they had written; the figures leave them out "
+                f"where their rows are gone. `lotterylab resume {experiment.uri}` rebuilds them.",
+                "",
+                *(
+                    f"    {line.strip()}"
+                    for line in describe_incomplete(holes[experiment.uri]).splitlines()
+                ),
+                "",
+            ]
+    return lines
 
 
 def write_sections(

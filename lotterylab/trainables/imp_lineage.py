@@ -66,6 +66,8 @@ class IMPLineageTrainable(tune.Trainable):
                 lineage.load_state_dict(stored.state)
                 if stored.result is not None:
                     self.last[lineage.id] = stored.result
+        for lineage in lineages:  # what a lost disk or a careless hand removed comes back
+            lineage.repair()
         # a scheduler stopped this trial before the driver died: that decision stands
         self.stopped = all(stopped_early(store, lineage_folder(i)) for i in self.group.ids)
 

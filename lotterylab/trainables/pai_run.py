@@ -58,6 +58,7 @@ class PaIRunTrainable(tune.Trainable):
         if stored is not None:
             self.run.load_state_dict(stored.state)
             self.last = stored.result
+        self.run.repair()  # what a lost disk or a careless hand removed comes back
         # a scheduler stopped this trial before the driver died: that decision stands
         self.stopped = stopped_early(store, self.folder)
 

@@ -21,6 +21,7 @@ in ``state_dict()`` so a checkpointed lineage continues bit for bit.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -54,9 +55,16 @@ from lotterylab.platform.models import (
 from lotterylab.platform.pruning import keep_top
 from lotterylab.platform.seeds import derived_seed
 from lotterylab.platform.spec import ExperimentSpec
-from lotterylab.platform.store.experiment_store import ExperimentStore
+from lotterylab.platform.store.experiment_store import ExperimentStore, StoreError
 from lotterylab.platform.store.identity import lineage_identity
 from lotterylab.platform.store.ids import lineage_id
+from lotterylab.platform.store.manifest import (
+    Manifest,
+    missing_files,
+    read_manifest,
+    restore_parts,
+    write_manifest,
+)
 from lotterylab.platform.store.tables import (
     CAVITY_TABLE,
     KURTOSIS_TABLE,
@@ -65,6 +73,9 @@ from lotterylab.platform.store.tables import (
 from lotterylab.platform.training import evaluate
 
 IMP = "imp"
+_TRAINED = re.compile(r"^trained/(?P<method>[^/]+)-round-(?P<round>\d{4})\.pt$")
+_KURTOSIS = re.compile(r"^kurtosis/(?P<method>[^/]+)-round-(?P<round>\d{4})\.pt$")
+_MASKS = re.compile(r"^masks/[^/]+\.pt$")
 
 __all__ = ["IMP", "IMPLineage", "LineageConfig", "derived_seed", "trained_path"]
 
@@ -118,6 +129,7 @@ class IMPLineage:
         self.rewind_state: dict[str, torch.Tensor] | None = None
         self.dense_final: dict[str, torch.Tensor] | None = None
         self._measure_inputs: torch.Tensor | None = None
+        self.manifest = Manifest(f"lineages/{self.id}")
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -142,6 +154,58 @@ class IMPLineage:
         self.removal_rounds = state["removal_rounds"]
         self.rewind_state = state["rewind_state"]
         self.dense_final = state["dense_final"]
+        self.manifest = read_manifest(self.store, self.manifest.folder) or self.manifest
+
+    # -- repair --------------------------------------------------------------------------
+    def repair(self) -> list[str]:
+        """Rewrite what the manifest records as written but the store no longer has.
+
+        Table parts come back from the rows the manifest kept; masks, the rewind point and
+        kurtosis artifacts from the state; a round's trained weights by training that round
+        again from θ(t_rewind) with its mask and batches (unstacked: equal to a stacked
+        original to float rounding). Returns the files rewritten.
+        """
+        missing = missing_files(self.store, self.manifest)
+        for rel in restore_parts(self.store, self.manifest, missing):
+            self._rebuild_artifact(rel)
+        return missing
+
+    def _rebuild_artifact(self, rel: str) -> None:
+        own = f"lineages/{self.id}/"
+        name = rel.removeprefix(own)
+        trained = _TRAINED.match(name)
+        kurtosis = _KURTOSIS.match(name)
+        if name == "rewind.pt" and self.rewind_state is not None:
+            self.store.write_tensors(rel, self.rewind_state)
+        elif name == "lineage.json" or _MASKS.match(name):
+            self._write_masks(self.next_round - 1)
+        elif kurtosis and kurtosis["method"] in self.methods:
+            self._kurtosis(kurtosis["method"], int(kurtosis["round"]))
+        elif trained and trained["method"] in self.methods:
+            self._retrain(trained["method"], int(trained["round"]))
+        else:
+            raise StoreError(
+                f"{self.store.url(rel)} is missing and lineage {self.id} cannot rebuild it; "
+                f"delete the lineage's folders ({own}, tables/*/{self.id}/) to run it again"
+            )
+
+    def _retrain(self, method: str, n: int) -> None:
+        if n == 0:
+            model = self._fresh_model().to(self.device)
+            seed = self._train_seed(IMP, 0)
+            training = Training(IMP, model, self.data, seed, 0, keep_rewind=True)
+        else:
+            masks = mk.masks_after_round(self.removal_rounds[method], n - 1)
+            training = Training(
+                method,
+                self._rewound_model(masks),
+                self.data,
+                self._train_seed(method, n),
+                self.spec.training.rewind_step,
+                masks={k: v.to(self.device) for k, v in masks.items()},
+            )
+        run_trainings([training], self.spec.training, self.device, stack=False)
+        self.store.write_tensors(trained_path(self.id, method, n), training.model.state_dict())
 
     # -- one round -----------------------------------------------------------------------
     def run_round(self) -> list[dict]:
@@ -185,7 +249,17 @@ class IMPLineage:
         return trainings
 
     def finish_round(self, trainings: list[Training]) -> list[dict]:
-        """Evaluate the round's trained models, measure, prune; write rows and artifacts."""
+        """Evaluate the round's trained models, measure, prune; write rows and artifacts.
+
+        What the round wrote goes to the lineage's manifest, last.
+        """
+        with self.store.journal() as journal:
+            rows = self._finish_round(trainings)
+        self.manifest.record(journal, self.next_round)
+        write_manifest(self.store, self.manifest)
+        return rows
+
+    def _finish_round(self, trainings: list[Training]) -> list[dict]:
         n = self.next_round
         if n == 0:
             (dense,) = trainings

@@ -29,9 +29,16 @@ from lotterylab.platform.models import (
 from lotterylab.platform.pruning import prune_at_init, scoring_batches, shuffle_masks
 from lotterylab.platform.seeds import derived_seed
 from lotterylab.platform.spec import ExperimentSpec
-from lotterylab.platform.store.experiment_store import ExperimentStore
+from lotterylab.platform.store.experiment_store import ExperimentStore, StoreError
 from lotterylab.platform.store.identity import pai_identity
 from lotterylab.platform.store.ids import short_hash
+from lotterylab.platform.store.manifest import (
+    Manifest,
+    missing_files,
+    read_manifest,
+    restore_parts,
+    write_manifest,
+)
 from lotterylab.platform.store.tables import PAI_EPOCHS_TABLE, PAI_MASKS_TABLE
 from lotterylab.platform.training import evaluate, make_optimizer, train_epoch
 
@@ -113,6 +120,7 @@ class PaIRun:
         self.initial_row: dict | None = None  # epoch 0's row, once prune() wrote it
         self.model = self._fresh_model().to(self.device)
         self.optimizer = make_optimizer(self.model, self.spec.training)
+        self.manifest = Manifest(f"runs/{self.id}")
 
     @property
     def pruned(self) -> bool:
@@ -139,10 +147,45 @@ class PaIRun:
         self.masks = state["masks"]
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.manifest = read_manifest(self.store, self.manifest.folder) or self.manifest
+
+    def _recorded(self, write):
+        """Run ``write`` (a step) and add what it wrote to the run's manifest, last."""
+        with self.store.journal() as journal:
+            out = write()
+        self.manifest.record(journal, self.next_epoch)
+        write_manifest(self.store, self.manifest)
+        return out
+
+    def repair(self) -> list[str]:
+        """Rewrite what the manifest records as written but the store no longer has: table
+        parts from their recorded rows, artifacts from the state. Returns the files rewritten."""
+        missing = missing_files(self.store, self.manifest)
+        folder = self.manifest.folder
+        for rel in restore_parts(self.store, self.manifest, missing):
+            if rel == f"{folder}/masks.pt" and self.pruned:
+                self.store.write_tensors(rel, self.masks)
+            elif rel == f"{folder}/init.pt" and self.pruned:
+                model = self._fresh_model()
+                apply_masks(model, self.masks)
+                self.store.write_tensors(rel, model.state_dict())
+            elif rel == f"{folder}/run.json":
+                self.store.write_json(rel, self._run_info())
+            elif rel == f"{folder}/trained.pt" and self.done:
+                self.store.write_tensors(rel, self.model.state_dict())
+            else:
+                raise StoreError(
+                    f"{self.store.url(rel)} is missing and run {self.id} cannot rebuild it; "
+                    f"delete the run's folders ({folder}/, tables/*/{self.id}/) to run it again"
+                )
+        return missing
 
     # -- the run -------------------------------------------------------------------------
     def prune(self) -> dict:
         """Choose the mask, install it, write it and the mask row; evaluate at epoch 0."""
+        return self._recorded(self._prune)
+
+    def _prune(self) -> dict:
         start = time.perf_counter()
         masks = self._choose_masks()
         scoring_time = time.perf_counter() - start
@@ -158,6 +201,9 @@ class PaIRun:
 
     def run_epoch(self) -> dict:
         """Train the next epoch and evaluate; returns the epoch's row."""
+        return self._recorded(self._run_epoch)
+
+    def _run_epoch(self) -> dict:
         if not self.pruned:
             raise RuntimeError(f"run {self.id} must be pruned before it trains")
         if self.done:

@@ -80,6 +80,7 @@ class ExperimentStore:
         self.fs, self.root = fsspec.core.url_to_fs(self.uri, **(storage_options or {}))
         self.root = self.root.rstrip("/")
         self.is_local = isinstance(self.fs, LocalFileSystem)
+        self._journals: list = []  # open ``manifest.Journal``s: what a round or epoch wrote
 
     @property
     def name(self) -> str:
@@ -95,6 +96,18 @@ class ExperimentStore:
         return self.uri + ("/" + "/".join(parts) if parts else "")
 
     # -- bytes ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def journal(self):
+        """Record what is written meanwhile (a lineage's round, a run's epoch) for its manifest."""
+        from lotterylab.platform.store.manifest import Journal
+
+        journal = Journal()
+        self._journals.append(journal)
+        try:
+            yield journal
+        finally:
+            self._journals.remove(journal)
+
     def write_bytes(self, rel: str, data: bytes) -> None:
         target = self.path(rel)
         if self.is_local:
@@ -114,6 +127,8 @@ class ExperimentStore:
                 raise
         else:
             self.fs.pipe_file(target, data)  # one PUT: the object appears whole or not at all
+        for journal in self._journals:
+            journal.wrote_file(rel)
 
     def read_bytes(self, rel: str) -> bytes:
         target = self.path(rel)
@@ -207,6 +222,8 @@ class ExperimentStore:
         pq.write_table(arrow, buffer)
         rel = posixpath.join("tables", table, lineage_id, f"{part}.parquet")
         self.write_bytes(rel, buffer.getvalue())
+        for journal in self._journals:
+            journal.wrote_rows(rel, table, lineage_id, part, rows)
         return rel
 
     def read_table(self, table: str) -> pa.Table:
