@@ -1,11 +1,17 @@
 """Fencing: every write of a run lands only while its lease carries the run's token.
 
-A store fenced by a token refuses every write once the lease file no longer carries it.
+A driver whose lease was deleted or taken over stops with exit 2 naming the new holder, writes
+no report, and ``resume`` then finishes the experiment with the results of an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import glob
+import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +26,9 @@ from lotterylab.platform.store.lease import ExperimentLease, LeaseLostError
 from lotterylab.platform.store.trial_states import lineage_folder, write_state
 
 THIEF = "thief@elsewhere:1"
+ROOT = Path(__file__).resolve().parent.parent
+ROUNDS = 5
+SAFETY_NET_S = 900  # only a hung driver gets this far; the test waits on files and exits
 ROWS = [
     {
         "experiment": "exp",
@@ -157,3 +166,135 @@ def test_unfenced_stores_write_with_or_without_a_lease(tmp_path):
     with _lease(store.uri, THIEF):
         store.write_json("lineages/lin/lineage.json", {"last_round": 2})
     assert store.read_json("lineages/lin/lineage.json") == {"last_round": 2}
+
+
+def test_fencing_on_an_object_store_reads_the_lease_fresh(s3_bucket):
+    """On S3 the fence reads lease.json past fsspec's caches: a change by another process is
+    seen by the very next write."""
+    uri = f"s3://{s3_bucket}/exp"
+    lease = _lease(uri, "owner@here:1").acquire()
+    fenced = ExperimentStore(uri).fenced(lease.info.token)
+    # another process's client: its own filesystem object, not fsspec's shared instance
+    other = ExperimentStore(uri, storage_options={"skip_instance_cache": True})
+    assert other.fs is not fenced.fs
+    try:
+        for write in _writes(fenced).values():
+            write()
+        assert fenced.exists("lineages/lin/masks/imp.pt.sha256")
+        fenced.write_json("lineages/lin/lineage.json", {"last_round": 1})
+        other.fs.rm(other.path("lease.json"))
+        for kind, write in _writes(fenced).items():
+            with pytest.raises(WriterFencedError, match="nobody") as caught:
+                write()
+            assert f"refused to write s3://{s3_bucket}/exp/" in str(caught.value), kind
+        thief = _lease(uri, THIEF).acquire()
+        try:
+            with pytest.raises(WriterFencedError, match=THIEF):
+                fenced.write_json("lineages/lin/lineage.json", {"last_round": 9})
+            other.fs.pipe_file(other.path("lease.json"), b"[1, 2]")
+            with pytest.raises(WriterFencedError, match=f"s3://{s3_bucket}/exp/lease.json"):
+                fenced.remove("lineages/lin/lineage.json")
+            other.fs.rm(other.path("lease.json"))
+        finally:
+            thief.release()
+        assert other.read_json("lineages/lin/lineage.json") == {"last_round": 1}
+    finally:
+        lease.release()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lotterylab.cli", *args], capture_output=True, text=True, cwd=ROOT
+    )
+
+
+def _comparable(rows: list[dict]) -> list:
+    keep = [k for k in rows[0] if k not in ("wall_time_s", "experiment")]
+    return sorted((tuple((k, r[k]) for k in keep) for r in rows), key=repr)
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory) -> dict[str, ExperimentStore]:
+    """Uninterrupted runs, one per spec file content, shared by the parametrised cases."""
+    return {"root": tmp_path_factory.mktemp("reference")}
+
+
+def _reference(references: dict, spec_path: str, name: str) -> ExperimentStore:
+    key = Path(spec_path).read_text()
+    if key not in references:
+        root = references["root"] / str(len(references))
+        done = _cli("run", spec_path, "--storage", str(root))
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        references[key] = ExperimentStore(str(root / name))
+    return references[key]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["deleted", "taken"])
+def test_a_driver_that_lost_its_lease_stops_and_resume_finishes(
+    tiny_spec_dict, tmp_path, write_spec, references, how
+):
+    tiny_spec_dict.update(name="fenced", seeds=[0], datasets=tiny_spec_dict["datasets"][:1])
+    tiny_spec_dict["imp"]["rounds"] = ROUNDS
+    spec_path = write_spec(tiny_spec_dict)
+    root = tmp_path / "results"
+    store = ExperimentStore(str(root / "fenced"))
+    out, err = tmp_path / "driver.out", tmp_path / "driver.err"
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "lotterylab.cli", "run", spec_path, "--storage", str(root)],
+            cwd=ROOT,
+            stdout=stdout,
+            stderr=stderr,
+        )
+    thief = None
+    try:
+        states = store.path("lineages", "*", "states", "step-*.pt.sha256")
+        give_up = time.monotonic() + SAFETY_NET_S
+        while not glob.glob(states):
+            assert driver.poll() is None, err.read_text()[-3000:]
+            assert time.monotonic() < give_up, "the driver stored no state at all"
+            time.sleep(0.1)
+        token = ExperimentStore(store.uri).read_bytes("lease.json")
+        os.remove(store.path("lease.json"))
+        if how == "taken":
+            thief = _lease(store.uri, THIEF).acquire()
+        driver.wait(timeout=SAFETY_NET_S)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    try:
+        errors = err.read_text()
+        assert driver.returncode == 2, errors[-3000:]
+        message = errors.strip().splitlines()[-1]
+        holder = f"{THIEF} (command: 'lotterylab run x')" if thief else "nobody (the lease file"
+        assert message.startswith(f"lotterylab run: lost the lease on {store.uri}"), message
+        assert holder in message and f"lotterylab resume {store.uri}" in message, message
+        secret = json.loads(token)["token"]
+        assert secret not in errors and secret not in out.read_text()
+        # no report claims the run is complete, and rounds are missing
+        assert not store.exists("figures/summary.md") and not store.exists("figures/report.md")
+        assert max(r["round"] for r in store.read_table("rounds").to_pylist()) < ROUNDS
+        if thief is not None:
+            # the driver left the thief's lease alone, and a resume meanwhile is refused
+            assert thief.current().holder == THIEF
+            refused = _cli("resume", store.uri)
+            assert refused.returncode == 2 and THIEF in refused.stderr, refused.stderr[-3000:]
+    finally:
+        if thief is not None:
+            assert thief.release()
+
+    resumed = _cli("resume", store.uri)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert store.exists("figures/summary.md") and not store.exists("lease.json")
+    want = _reference(references, spec_path, "fenced")
+    assert _comparable(store.read_table("rounds").to_pylist()) == _comparable(
+        want.read_table("rounds").to_pylist()
+    )
+    [lineage] = store.list("lineages")
+    for method in ("imp", "oneshot", "random"):
+        rel = f"lineages/{lineage}/masks/{method}.pt"
+        got, expected = store.read_tensors(rel), want.read_tensors(rel)
+        assert got.keys() == expected.keys()
+        assert all(torch.equal(got[k], expected[k]) for k in expected), method
