@@ -5,7 +5,11 @@ writing beside the new holder. A fenced :class:`~lotterylab.platform.store.exper
 ExperimentStore` therefore reads ``lease.json`` before every write and refuses unless its token
 is the one the store was given. Object stores offer no write conditional on another object, so a
 window stays between the check and the write: each writer can land at most the one write it had
-in flight when it lost the lease. Everything written after that is refused.
+in flight when it lost the lease. Everything written after that is refused. The check costs
+one small read per write (a GET on object stores), next to writes of rows, states and masks.
+
+Ray Tune's own files in the experiment folder (its experiment state, trial logs) are written by
+Tune, not through the store, and are not fenced: the platform never reads them back.
 
 Here, and not in ``lease.py``, so that the store can read the lease without importing the lease
 machinery (which imports the store).

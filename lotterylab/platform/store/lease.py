@@ -4,6 +4,8 @@ Two ``lotterylab run`` of the same spec and storage started together would train
 lineages twice and interleave their writes. The first writer takes the lease; any other is
 refused with a message naming the holder. The holder renews the lease from a heartbeat
 thread; if it dies, the lease expires after ``ttl_s`` and the next writer may take it over.
+A holder that stalled past expiry must not write beside the one that took over: its stores are
+fenced by the lease's token (``fence.py``) and refuse every write once the token is gone.
 
 Every change to the lease is a compare-and-swap, so two writers can never both win:
 
