@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from lotterylab.platform.spec.grid_values import match_densities
 from lotterylab.platform.store.data_artifacts import write_data_artifacts
 from lotterylab.platform.store.experiment_store import ExperimentStore, normalise_uri
 from lotterylab.platform.store.ids import short_hash
-from lotterylab.platform.store.lease import ExperimentLease
+from lotterylab.platform.store.lease import ExperimentLease, LeaseError
 from lotterylab.platform.store.tracking import check_tracking, track_summary
 from lotterylab.platform.store.trial_states import adopt_legacy_checkpoints, keep_states_here
 from lotterylab.trainables import search
@@ -53,34 +54,51 @@ def run_experiment(
     start = time.perf_counter()
     root = storage_root or spec.storage
     store = ExperimentStore(experiment_uri(root, spec.name))
-    # one live writer: a second run of the same spec is refused
-    with StopOnSignals(store.uri) as stop, ExperimentLease(store):
-        return _start(spec, spec_text, root, store, address, start, stop)
+    # one live writer: a second run of the same spec is refused, and every write of this one
+    # (driver and trials) lands only while it still holds the lease
+    with StopOnSignals(store.uri) as stop, ExperimentLease(store) as lease:
+        fenced = store.fenced(lease.info.token)
+        return _start(spec, spec_text, root, fenced, address, start, stop, lease)
 
 
-def _fit(store: ExperimentStore, address: str | None, make_tuner, stop: StopOnSignals):
+def _fit(
+    store: ExperimentStore,
+    address: str | None,
+    make_tuner,
+    stop: StopOnSignals,
+    lease: ExperimentLease,
+):
     """Tune's results; :class:`Interrupted` (after Ray is shut down) if a signal stopped it,
-    :class:`StorageFullError` if the storage ran out of space."""
+    :class:`StorageFullError` if the storage ran out of space, :class:`LeaseLostError` naming
+    the new holder if another writer took the lease (the run then stopped its trials)."""
     connect(address)
     try:
         stop.install()  # after ray.init, which sets its own SIGTERM handler
-        tuner = make_tuner()
+        tuner = make_tuner(lease)
         with stop.tune():
             try:
                 results = tuner.fit()
             except Exception as error:
+                lost = lease.lost_error()
+                if lost is not None:
+                    raise lost from error
                 if out_of_space(store, [error]):
                     raise storage_full(store) from error
                 raise
     finally:
         disconnect()
+    with contextlib.suppress(LeaseError, OSError):  # lost while the last trials ended?
+        lease.verify()
+    lost = lease.lost_error()
+    if lost is not None:  # another writer owns the experiment now: no report of ours
+        raise lost
     stop.check()  # a stopped run draws no report: it would look complete
     if out_of_space(store, [str(r.error) for r in results if r.error is not None]):
         raise storage_full(store)
     return results
 
 
-def _start(spec, spec_text, root, store, address, start, stop) -> ExperimentOutcome:
+def _start(spec, spec_text, root, store, address, start, stop, lease) -> ExperimentOutcome:
     check_tracking(spec)  # an unreachable tracker fails now, before anything is stored
     if store.exists(RESOLVED_SPEC_FILE):
         if load_stored_spec(store) != spec:
@@ -96,10 +114,19 @@ def _start(spec, spec_text, root, store, address, start, stop) -> ExperimentOutc
     store.write_json(RESOLVED_SPEC_FILE, spec.model_dump(mode="json"))
     datasets = build_datasets(spec.datasets)
     write_data_artifacts(spec, datasets, store)
-    results = _fit(
-        store, address, lambda: search.new_tuner(spec, datasets, root, store.uri, store.name), stop
-    )
+    results = _fit(store, address, _tuner_of(spec, datasets, root, store), stop, lease)
     return _finish(store, results, start)
+
+
+def _tuner_of(spec: ExperimentSpec, datasets, root: str, store: ExperimentStore):
+    """A Tuner factory over the spec's grid whose trials are fenced like ``store``."""
+
+    def make_tuner(lease: ExperimentLease):
+        return search.new_tuner(
+            spec, datasets, root, store.uri, store.name, fence=store.fence, lease=lease
+        )
+
+    return make_tuner
 
 
 def load_stored_spec(store: ExperimentStore) -> ExperimentSpec:
@@ -125,20 +152,18 @@ def existing_experiment(uri: str) -> ExperimentStore:
 def resume_experiment(uri: str, address: str | None = None) -> ExperimentOutcome:
     start = time.perf_counter()
     store = existing_experiment(uri)
-    with StopOnSignals(store.uri) as stop, ExperimentLease(store):
-        return _resume(store, address, start, stop)
+    with StopOnSignals(store.uri) as stop, ExperimentLease(store) as lease:
+        return _resume(store.fenced(lease.info.token), address, start, stop, lease)
 
 
-def _resume(store: ExperimentStore, address: str | None, start: float, stop) -> ExperimentOutcome:
+def _resume(store: ExperimentStore, address: str | None, start: float, stop, lease):
     """The stored spec's grid again; each trial goes on from its state in the store."""
     spec = load_stored_spec(store)
     datasets = build_datasets(spec.datasets)
     check_tracking(spec)
     adopt_legacy_checkpoints(store)
     root = store.uri.rstrip("/").rsplit("/", 1)[0]
-    results = _fit(
-        store, address, lambda: search.new_tuner(spec, datasets, root, store.uri, store.name), stop
-    )
+    results = _fit(store, address, _tuner_of(spec, datasets, root, store), stop, lease)
     return _finish(store, results, start)
 
 
@@ -240,7 +265,8 @@ def branch_experiment(
     """
     start = time.perf_counter()
     store = existing_experiment(uri)
-    with StopOnSignals(store.uri) as stop, ExperimentLease(store):
+    with StopOnSignals(store.uri) as stop, ExperimentLease(store) as lease:
+        store = store.fenced(lease.info.token)
         spec = load_stored_spec(store)
         if spec.kind == "imp":
             if methods or densities or sparsities:
@@ -260,22 +286,25 @@ def branch_experiment(
                     "and --density (or --sparsity)"
                 )
             runs = branch_runs(spec, store, branch, methods, densities, sparsities)
-        return _branch(store, spec, branch, runs, address, start, stop)
+        return _branch(store, spec, branch, runs, address, start, stop, lease)
 
 
-def _branch(store, spec, branch, runs, address, start, stop) -> ExperimentOutcome:
+def _branch(store, spec, branch, runs, address, start, stop, lease) -> ExperimentOutcome:
     name = f"branch-{branch}-{short_hash(runs)}"
     datasets = build_datasets(spec.datasets)
     imp = spec.kind == "imp"
 
     adopt_legacy_checkpoints(store, name)  # a branch experiment of an earlier version
 
-    def make_tuner():
+    def make_tuner(lease: ExperimentLease):
+        fenced = {"fence": store.fence, "lease": lease}
         if imp:
-            return search.new_imp_branch_tuner(spec, datasets, store.uri, name, runs)
-        return search.new_tuner(spec, datasets, store.uri, store.uri, name=name, runs=runs)
+            return search.new_imp_branch_tuner(spec, datasets, store.uri, name, runs, **fenced)
+        return search.new_tuner(
+            spec, datasets, store.uri, store.uri, name=name, runs=runs, **fenced
+        )
 
-    results = _fit(store, address, make_tuner, stop)
+    results = _fit(store, address, make_tuner, stop, lease)
     return _finish(store, results, start)
 
 

@@ -31,11 +31,16 @@ def imp_branch_config(spec: ExperimentSpec, experiment: str, config: dict) -> IM
 
 class IMPBranchTrainable(tune.Trainable):
     def setup(
-        self, config: dict, spec_json: str, datasets: dict[str, ImageDataset], store_uri: str
+        self,
+        config: dict,
+        spec_json: str,
+        datasets: dict[str, ImageDataset],
+        store_uri: str,
+        fence: str | None = None,
     ) -> None:
         spec = ExperimentSpec.model_validate_json(spec_json)
         torch.set_num_threads(max(1, int(spec.resources.cpu)))
-        self.store = store = ExperimentStore(store_uri)
+        self.store = store = ExperimentStore(store_uri, fence=fence)
         branch = config["branch"]
         self.branch = IMPBranch(
             imp_branch_config(spec, store.name, branch),

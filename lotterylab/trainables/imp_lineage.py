@@ -45,12 +45,14 @@ class IMPLineageTrainable(tune.Trainable):
         spec_json: str,
         datasets: dict[str, ImageDataset],
         store_uri: str,
+        fence: str | None = None,
     ) -> None:
         # a search trial runs the experiment's spec with its sampled values applied
         spec = ExperimentSpec.model_validate_json(spec_json).with_values(config.get("search"))
         # one thread per reserved CPU: the same thread count makes a resumed round bit-exact
         torch.set_num_threads(max(1, int(spec.resources.cpu)))
-        self.store = store = tracked_store(store_uri, spec)  # rows reach its trackers too
+        # rows reach its trackers too; writes land only while the driver holds the lease
+        self.store = store = tracked_store(store_uri, spec, fence=fence)
         device = trial_device(spec.resources.gpu)
         lineages = []
         for member in trial_members(config):

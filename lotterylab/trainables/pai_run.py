@@ -40,12 +40,18 @@ def pai_config(spec: ExperimentSpec, experiment: str, config: dict) -> PaIConfig
 
 class PaIRunTrainable(tune.Trainable):
     def setup(
-        self, config: dict, spec_json: str, datasets: dict[str, ImageDataset], store_uri: str
+        self,
+        config: dict,
+        spec_json: str,
+        datasets: dict[str, ImageDataset],
+        store_uri: str,
+        fence: str | None = None,
     ) -> None:
         # a search trial runs the experiment's spec with its sampled values applied
         spec = ExperimentSpec.model_validate_json(spec_json).with_values(config.get("search"))
         torch.set_num_threads(max(1, int(spec.resources.cpu)))
-        self.store = store = tracked_store(store_uri, spec)  # rows reach its trackers too
+        # rows reach its trackers too; writes land only while the driver holds the lease
+        self.store = store = tracked_store(store_uri, spec, fence=fence)
         device = trial_device(spec.resources.gpu)
         run = config["run"]
         config = pai_config(spec, store.name, run)

@@ -46,9 +46,11 @@ from lotterylab.platform.pai.run import pai_grid
 from lotterylab.platform.spec import Distribution, ExperimentSpec
 from lotterylab.platform.store.experiment_store import ExperimentStore, StoreError, normalise_uri
 from lotterylab.platform.store.ids import canonical_json
+from lotterylab.platform.store.lease import ExperimentLease
 from lotterylab.platform.store.trial_states import lineage_folder, mark_stopped_early, run_folder
 from lotterylab.trainables.imp_branch import IMPBranchTrainable, imp_branch_config
 from lotterylab.trainables.imp_lineage import IMPLineageTrainable, trial_members
+from lotterylab.trainables.lease_watch import lease_watch
 from lotterylab.trainables.pai_run import PaIRunTrainable, pai_config
 
 TRAINABLES = {"imp": IMPLineageTrainable, "pai": PaIRunTrainable}
@@ -65,14 +67,22 @@ def tune_storage(uri: str) -> tuple[str, pyarrow.fs.FileSystem | None]:
 
 
 def trainable_for(
-    spec: ExperimentSpec, datasets: dict[str, ImageDataset], store_uri: str, cls=None
+    spec: ExperimentSpec,
+    datasets: dict[str, ImageDataset],
+    store_uri: str,
+    cls=None,
+    fence: str | None = None,
 ):
-    """The trainable (default: the spec kind's) with the data sets put in the object store once."""
+    """The trainable (default: the spec kind's) with the data sets put in the object store once.
+
+    ``fence`` (the driver's lease token) makes the trials' stores fenced; it is a parameter, not
+    part of the trial config, so trial and lineage ids do not depend on it."""
     trainable = tune.with_parameters(
         cls or TRAINABLES[spec.kind],
         spec_json=spec.model_dump_json(),
         datasets=datasets,
         store_uri=store_uri,
+        fence=fence,
     )
     return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
@@ -242,14 +252,15 @@ class GridRepeater(Searcher):
 class RecordedASHA(ASHAScheduler):
     """ASHA whose stops are written to the store, so that a resumed search keeps them."""
 
-    def __init__(self, store_uri: str, **options):
+    def __init__(self, store_uri: str, fence: str | None = None, **options):
         super().__init__(**options)
         self.store_uri = store_uri
+        self.fence = fence
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
         if decision == TrialScheduler.STOP and not result.get("done"):
-            store = ExperimentStore(self.store_uri)
+            store = ExperimentStore(self.store_uri, fence=self.fence)
             for folder in result_folders(result):
                 mark_stopped_early(store, folder)
         return decision
@@ -286,11 +297,12 @@ def search_options(
     runs: list[dict] | None = None,
     groups: list[list[dict]] | None = None,
     store_uri: str | None = None,
+    fence: str | None = None,
 ) -> dict:
     """TuneConfig arguments of the spec's search: searcher, samples, early stopping.
 
     With ``store_uri`` of a resumed search, Optuna first suggests the configurations already
-    run there, and ASHA's stops are recorded in that store."""
+    run there, and ASHA's stops are recorded in that store (fenced by ``fence``)."""
     search = spec.search if runs is None else None
     options: dict = {"max_concurrent_trials": spec.run.max_concurrent_trials or None}
     if search is None:
@@ -321,7 +333,7 @@ def search_options(
     if search.scheduler is not None:
         asha = search.scheduler.asha
         scheduler = RecordedASHA if store_uri else ASHAScheduler
-        extra = {"store_uri": store_uri} if store_uri else {}
+        extra = {"store_uri": store_uri, "fence": fence} if store_uri else {}
         options["scheduler"] = scheduler(
             **extra,
             time_attr="training_iteration",
@@ -334,9 +346,13 @@ def search_options(
     return options
 
 
-def _run_config(spec: ExperimentSpec, storage_root: str, name: str) -> tune.RunConfig:
+def _run_config(
+    spec: ExperimentSpec, storage_root: str, name: str, lease: ExperimentLease | None = None
+) -> tune.RunConfig:
+    """Storage, failures and console of the Tune run; with ``lease``, it stops once that is lost."""
     storage_path, filesystem = tune_storage(storage_root)
     return tune.RunConfig(
+        **lease_watch(lease),
         name=name,
         storage_path=storage_path,
         storage_filesystem=filesystem,
@@ -406,24 +422,27 @@ def new_tuner(
     store_uri: str,
     name: str | None = None,
     runs: list[dict] | None = None,
+    fence: str | None = None,
+    lease: ExperimentLease | None = None,
 ) -> tune.Tuner:
     """A Tuner over the spec's grid (or over ``runs``, for branches) named ``name``.
 
-    Ray must be connected: ``batch_lineages: auto`` sizes the groups to the cluster.
+    Ray must be connected: ``batch_lineages: auto`` sizes the groups to the cluster. The trials
+    write through stores fenced by ``fence``; the run stops once ``lease`` is lost.
     """
     _legacy_console()
     groups = None
     if spec.kind == "imp":
         groups = lineage_groups(spec, datasets, trial_slots(spec))
     return tune.Tuner(
-        trainable_for(spec, datasets, store_uri),
+        trainable_for(spec, datasets, store_uri, fence=fence),
         param_space=param_space(spec, runs, groups),
         tune_config=tune.TuneConfig(
             trial_dirname_creator=trial_dirname_for(spec),
             reuse_actors=False,
-            **search_options(spec, runs, groups, store_uri),
+            **search_options(spec, runs, groups, store_uri, fence),
         ),
-        run_config=_run_config(spec, storage_root, name or spec.name),
+        run_config=_run_config(spec, storage_root, name or spec.name, lease),
     )
 
 
@@ -433,6 +452,8 @@ def new_imp_branch_tuner(
     store_uri: str,
     name: str,
     branches: list[dict],
+    fence: str | None = None,
+    lease: ExperimentLease | None = None,
 ) -> tune.Tuner:
     """Lottery-ticket branches of IMP lineages, one trial each, in the parent's folder."""
 
@@ -440,12 +461,12 @@ def new_imp_branch_tuner(
         return f"trial-{imp_branch_config(spec, spec.name, trial.config['branch']).branch_id}"
 
     return tune.Tuner(
-        trainable_for(spec, datasets, store_uri, IMPBranchTrainable),
+        trainable_for(spec, datasets, store_uri, IMPBranchTrainable, fence),
         param_space={"branch": tune.grid_search(branches)},
         tune_config=tune.TuneConfig(
             trial_dirname_creator=trial_dirname,
             reuse_actors=False,
             max_concurrent_trials=spec.run.max_concurrent_trials or None,
         ),
-        run_config=_run_config(spec, store_uri, name),
+        run_config=_run_config(spec, store_uri, name, lease),
     )

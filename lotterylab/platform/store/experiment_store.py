@@ -12,11 +12,18 @@ Layout under ``<root>/<experiment>/``::
 
 Writes are atomic: temp file + rename on local disks, a single PUT on object stores. An
 artifact without its sidecar was not finished and is never read back as complete.
+
+A store made with ``fence=<lease token>`` (``ExperimentStore.fenced``) is a writer's: before
+every write or removal it reads ``lease.json`` and refuses with :class:`WriterFencedError` unless
+the lease still carries that token, so a writer that lost the lease stops at its next write
+(see ``fence.py`` for the one write that may slip through). Stores without a fence (analysis,
+figures, tests) write unchecked.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import io
 import json
@@ -32,11 +39,16 @@ import pyarrow.parquet as pq
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
+from lotterylab.platform.store.fence import LEASE_FILE, parse_lease, read_lease_bytes
 from lotterylab.platform.store.tables import SCHEMAS, rows_to_table
 
 
 class StoreError(RuntimeError):
     """An artifact is missing, unfinished or corrupt."""
+
+
+class WriterFencedError(StoreError):
+    """This writer no longer holds the experiment's lease: another one may be writing."""
 
 
 # what each object store's client raises when it finds no credentials, and what to set
@@ -75,12 +87,52 @@ def normalise_uri(uri: str) -> str:
 class ExperimentStore:
     """Reads and writes one experiment's folder."""
 
-    def __init__(self, uri: str, storage_options: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        uri: str,
+        storage_options: dict[str, Any] | None = None,
+        fence: str | None = None,
+    ):
         self.uri = normalise_uri(uri)
         self.fs, self.root = fsspec.core.url_to_fs(self.uri, **(storage_options or {}))
         self.root = self.root.rstrip("/")
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self._journals: list = []  # open ``manifest.Journal``s: what a round or epoch wrote
+        self.fence = fence
+
+    def fenced(self, token: str) -> ExperimentStore:
+        """A copy (same filesystem) whose writes land only while the lease carries ``token``."""
+        twin = copy.copy(self)
+        twin.fence = token
+        twin._journals = []  # journals are opened per store
+        return twin
+
+    def check_fence(self, rel: str) -> None:
+        """Refuse to write ``rel`` unless the lease still carries this store's fence token."""
+        if self.fence is None:
+            return
+        data = read_lease_bytes(self.fs, self.path(LEASE_FILE), self.is_local)
+        refused = f"refused to write {self.url(rel)}"
+        if data is None:
+            holder = "nobody (the lease file is gone)"
+        else:
+            try:
+                lease = parse_lease(data)
+            except ValueError as exc:
+                raise WriterFencedError(
+                    f"{refused}: the lease file {self.url(LEASE_FILE)} of experiment {self.uri} "
+                    f"is unreadable ({exc}), so this writer cannot tell that it still holds the "
+                    f"lease. If no run is writing this experiment, delete the file and continue "
+                    f"with `lotterylab resume {self.uri}`"
+                ) from None
+            if lease["token"] == self.fence:
+                return
+            holder = f"{lease['holder']} (command: {lease['command']!r})"
+        raise WriterFencedError(
+            f"{refused}: this writer lost the lease of experiment {self.uri}, which is now held "
+            f"by {holder}. It stops here; continue with `lotterylab resume {self.uri}` (once "
+            "any other writer has finished)"
+        )
 
     @property
     def name(self) -> str:
@@ -109,6 +161,7 @@ class ExperimentStore:
             self._journals.remove(journal)
 
     def write_bytes(self, rel: str, data: bytes) -> None:
+        self.check_fence(rel)
         target = self.path(rel)
         if self.is_local:
             directory = posixpath.dirname(target)
@@ -129,6 +182,18 @@ class ExperimentStore:
             self.fs.pipe_file(target, data)  # one PUT: the object appears whole or not at all
         for journal in self._journals:
             journal.wrote_file(rel)
+
+    def remove(self, rel: str) -> bool:
+        """Delete one file (fenced like a write); False when it was not there."""
+        self.check_fence(rel)
+        try:
+            self.fs.rm(self.path(rel))
+        except FileNotFoundError:
+            return False
+        finally:
+            if not self.is_local:
+                self.fs.invalidate_cache(self.path(rel))
+        return True
 
     def read_bytes(self, rel: str) -> bytes:
         target = self.path(rel)

@@ -4,6 +4,8 @@ Two ``lotterylab run`` of the same spec and storage started together would train
 lineages twice and interleave their writes. The first writer takes the lease; any other is
 refused with a message naming the holder. The holder renews the lease from a heartbeat
 thread; if it dies, the lease expires after ``ttl_s`` and the next writer may take it over.
+A holder that stalled past expiry must not write beside the one that took over: its stores are
+fenced by the lease's token (``fence.py``) and refuse every write once the token is gone.
 
 Every change to the lease is a compare-and-swap, so two writers can never both win:
 
@@ -47,8 +49,8 @@ from collections.abc import Callable
 from typing import Any
 
 from lotterylab.platform.store.experiment_store import ExperimentStore
+from lotterylab.platform.store.fence import LEASE_FILE, parse_lease
 
-LEASE_FILE = "lease.json"
 LOCK_FILE = ".lease.lock"
 _ATTEMPTS = 5
 
@@ -144,11 +146,10 @@ class LeaseInfo:
     @classmethod
     def from_bytes(cls, data: bytes, where: str) -> LeaseInfo:
         try:
-            raw = json.loads(data)
-            info = cls(**{f.name: raw[f.name] for f in dataclasses.fields(cls)})
+            info = cls(**parse_lease(data))
             info.expires_unix  # noqa: B018  (parses the timestamp)
             _unix(info.acquired)
-        except (ValueError, KeyError, TypeError) as exc:
+        except ValueError as exc:
             raise LeaseError(
                 f"lease file {where} is unreadable ({exc!r}); it should be JSON with the keys "
                 f"{[f.name for f in dataclasses.fields(cls)]}. If no run is writing this "
@@ -571,6 +572,43 @@ class ExperimentLease:
             if not removed and self._lost is None:
                 log.warning("lease on %s was no longer ours at release", self.uri)
             return removed
+
+    def verify(self) -> None:
+        """Read the lease now and mark it lost unless it is still ours; raises
+        :class:`LeaseLostError` then. A fenced write that failed need not wait for the heartbeat.
+        """
+        with self._lock:
+            if self._lost is not None:
+                raise self._lost
+            if self._info is None:
+                raise LeaseError(f"lease on {self.uri} is not held: acquire() it first")
+            with self._backend.guard():
+                try:
+                    current = self._read()
+                except LeaseError as exc:  # unreadable: this writer cannot show it holds it
+                    self._lost = LeaseLostError(f"lost the lease on {self.uri}: {exc}")
+                    raise self._lost from exc
+            if current is None or current[0].token != self._info.token:
+                raise self._mark_lost(current)
+
+    def lost_error(self) -> LeaseLostError | None:
+        """None while the lease is ours; once lost, the error naming whoever holds it now
+        (read again: the writer that took it may have come after the loss was noticed)."""
+        if self._lost is None:
+            return None
+        try:
+            current = self._read()
+        except LeaseError as exc:
+            now_holder = f"nobody this writer can tell ({exc})"
+        else:
+            now_holder = "nobody (the lease file is gone)"
+            if current is not None:
+                now_holder = f"{current[0].holder} (command: {current[0].command!r})"
+        return LeaseLostError(
+            f"lost the lease on {self.uri}, which is now held by {now_holder}: this writer "
+            f"({self.holder}) stopped its trials and wrote no report. Continue with "
+            f"`lotterylab resume {self.uri}` (once any other writer has finished)"
+        )
 
     def check(self) -> None:
         """Raise :class:`LeaseLostError` if a renewal found the lease taken over."""

@@ -14,7 +14,6 @@ newest are kept: a writer that dies between a state and its checksum leaves the 
 
 from __future__ import annotations
 
-import contextlib
 import io
 import posixpath
 import re
@@ -69,8 +68,7 @@ def write_state(
     digest = store.write_artifact(f"{folder}/{STATES}/step-{step:06d}.pt", buffer.getvalue())
     for older in _steps(store, folder)[:-KEEP]:
         for rel in (_state_rel(folder, older), _state_rel(folder, older) + ".sha256"):
-            with contextlib.suppress(FileNotFoundError):
-                store.fs.rm(store.path(rel))
+            store.remove(rel)
     return digest
 
 

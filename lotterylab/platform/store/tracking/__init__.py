@@ -172,9 +172,10 @@ class TrackedStore(ExperimentStore):
             self.tracker.close()
 
 
-def tracked_store(uri: str, spec: ExperimentSpec) -> TrackedStore:
-    """The store a trial writes through: tracked when the spec has a ``tracking:`` section."""
-    store = TrackedStore(uri)
+def tracked_store(uri: str, spec: ExperimentSpec, fence: str | None = None) -> TrackedStore:
+    """The store a trial writes through: tracked when the spec has a ``tracking:`` section,
+    fenced by the driver's lease token when given."""
+    store = TrackedStore(uri, fence=fence)
     if spec.tracking is not None:
         store.tracker = Tracker(spec, store)
     return store
