@@ -190,20 +190,7 @@ class IMPLineage:
             )
 
     def _retrain(self, method: str, n: int) -> None:
-        if n == 0:
-            model = self._fresh_model().to(self.device)
-            seed = self._train_seed(IMP, 0)
-            training = Training(IMP, model, self.data, seed, 0, keep_rewind=True)
-        else:
-            masks = mk.masks_after_round(self.removal_rounds[method], n - 1)
-            training = Training(
-                method,
-                self._rewound_model(masks),
-                self.data,
-                self._train_seed(method, n),
-                self.spec.training.rewind_step,
-                masks={k: v.to(self.device) for k, v in masks.items()},
-            )
+        training = self._training(method, n)
         run_trainings([training], self.spec.training, self.device, stack=False)
         self.store.write_tensors(trained_path(self.id, method, n), training.model.state_dict())
 
@@ -229,24 +216,24 @@ class IMPLineage:
             raise RuntimeError(f"lineage {self.id} has finished all {self.imp.rounds} rounds")
         n = self.next_round
         if n == 0:
+            return [self._training(IMP, 0)]
+        return [self._training(m, n) for m in self.methods if self._trains(m)]
+
+    def _training(self, method: str, n: int) -> Training:
+        """Round ``n``'s training of ``method``: the dense net in round 0 (keeping θ(t_rewind)),
+        else θ(t_rewind) ⊙ the mask pruned at the end of round n − 1."""
+        if n == 0:
             model = self._fresh_model().to(self.device)
-            return [Training(IMP, model, self.data, self._train_seed(IMP, 0), 0, keep_rewind=True)]
-        trainings = []
-        for method in self.methods:
-            if not self._trains(method):
-                continue
-            masks = mk.masks_after_round(self.removal_rounds[method], n - 1)
-            trainings.append(
-                Training(
-                    method,
-                    self._rewound_model(masks),
-                    self.data,
-                    self._train_seed(method, n),
-                    self.spec.training.rewind_step,
-                    masks={k: v.to(self.device) for k, v in masks.items()},
-                )
-            )
-        return trainings
+            return Training(IMP, model, self.data, self._train_seed(IMP, 0), 0, keep_rewind=True)
+        masks = mk.masks_after_round(self.removal_rounds[method], n - 1)
+        return Training(
+            method,
+            self._rewound_model(masks),
+            self.data,
+            self._train_seed(method, n),
+            self.spec.training.rewind_step,
+            masks={k: v.to(self.device) for k, v in masks.items()},
+        )
 
     def finish_round(self, trainings: list[Training]) -> list[dict]:
         """Evaluate the round's trained models, measure, prune; write rows and artifacts.
